@@ -1,1 +1,559 @@
-//! placeholder
+//! Kestrel's symbols: file identities, the one global symbol store and the
+//! symbolizers (ELF/DWARF through blazesym, the kernel through kallsyms, JIT code
+//! through perf maps).
+//!
+//! Every frame, whatever its kind, is looked up in one store keyed by
+//! `(FileId, address_or_line)` ([`FrameKey`]): a foyer hybrid cache whose memory
+//! tier is bounded in bytes and whose disk tier survives restarts. Misses go,
+//! batched by file, to a single thread that owns the blazesym `Symbolizer`.
+//!
+//! Processes are captured on first sight ([`Symbols::observe_process`]): their
+//! executable mappings, with each mapped file opened and identified once, so
+//! stacks of a process that has exited are still symbolized.
+
+mod cache_dir;
+mod files;
+mod fsutil;
+pub mod identity;
+mod jit;
+pub mod parse;
+mod process;
+pub mod store;
+mod symbolizer;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use kestrel_model::{Frame, FrameKind, Mapping, ProcessInfo};
+use serde::{Deserialize, Serialize};
+
+pub use crate::cache_dir::default_cache_dir;
+pub use crate::identity::FileId;
+pub use crate::parse::{
+    container_id_from_cgroup, parse_maps_line, parse_perf_map_line, MapsEntry, ParseError,
+    PerfMapEntry,
+};
+pub use crate::store::{FrameKey, StoreConfig, SymbolFrame, SymbolStore, SymbolValue};
+
+use crate::files::{FileRegistry, OpenFile};
+use crate::jit::PerfMapCounters;
+use crate::process::{Backing, CaptureReport, ProcessState};
+use crate::symbolizer::{Batch, BatchSource, SymbolizerHandle};
+
+/// Configuration of the symbol store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SymbolsConfig {
+    /// Where the disk tier lives. `None`: `/var/cache/kestrel` as root,
+    /// `$XDG_CACHE_HOME/kestrel` (or `~/.cache/kestrel`) otherwise.
+    pub cache_dir: Option<PathBuf>,
+    /// Bound of the memory tier, in bytes (entries are weighed by their real size).
+    pub memory_bytes: u64,
+    /// Bound of the disk tier, in bytes; 0 disables it. Values below 8 MiB are
+    /// raised to 8 MiB. Each entry takes at least 4 KiB on disk.
+    pub disk_bytes: u64,
+}
+
+impl Default for SymbolsConfig {
+    fn default() -> Self {
+        SymbolsConfig {
+            cache_dir: None,
+            memory_bytes: 32 * 1024 * 1024,
+            disk_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why [`Symbols::new`] failed. Disk-tier problems are not errors: the store
+/// rebuilds its directory or runs memory-only, with a warning.
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolsError {
+    #[error(
+        "Symbols::new needs a running tokio runtime (the store's disk tier runs its writers on it); \
+         call it from inside the runtime"
+    )]
+    NoRuntime,
+    #[error("cannot build the symbol store: {0}; check memory_bytes and disk_bytes")]
+    Store(#[source] foyer::Error),
+    #[error("cannot start the symbolizer thread: {0}; the host may be out of threads or memory")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Counters of the store and the symbolizers, for self-metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    /// Lookups answered by the store (memory or disk).
+    pub hits: u64,
+    /// Lookups the store could not answer (then symbolized or named from a perf map).
+    pub misses: u64,
+    /// Part of `hits` answered by the disk tier.
+    pub disk_hits: u64,
+    /// Entries evicted from the memory tier.
+    pub evictions: u64,
+    /// Bytes the memory tier holds (sum of entry weights) and may hold.
+    pub memory_bytes: u64,
+    pub memory_capacity_bytes: u64,
+    pub memory_entries: u64,
+    /// Bytes the disk tier's files occupy on disk, and its bound (0 = off).
+    pub disk_bytes: u64,
+    pub disk_capacity_bytes: u64,
+    /// Calls into blazesym (one per file batch).
+    pub symbolizer_calls: u64,
+    pub processes_tracked: u64,
+    /// Mapped files held open for symbolization.
+    pub open_files: u64,
+    /// Perf map reads that brought new lines.
+    pub perf_map_reloads: u64,
+    pub perf_map_malformed_lines: u64,
+    /// Unreadable mappings, failed symbolizer batches, disk-tier read errors.
+    pub errors: u64,
+}
+
+/// The symbol service: process capture, the global store and the symbolizers.
+/// `Send + Sync`; share it behind an `Arc`.
+pub struct Symbols {
+    store: SymbolStore,
+    symbolizer: SymbolizerHandle,
+    files: FileRegistry,
+    processes: RwLock<HashMap<u32, Arc<ProcessState>>>,
+    kernel_id: FileId,
+    perf_maps: PerfMapCounters,
+    errors: AtomicU64,
+}
+
+impl std::fmt::Debug for Symbols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Symbols")
+            .field("store", &self.store)
+            .field("kernel_id", &self.kernel_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one stack slot resolves to before the store is asked.
+enum Plan {
+    Lookup {
+        key: FrameKey,
+        kind: FrameKind,
+        mapping: Option<Arc<Mapping>>,
+        source: Source,
+    },
+    Unknown {
+        kind: FrameKind,
+        mapping: Option<Arc<Mapping>>,
+    },
+}
+
+#[derive(Clone)]
+enum Source {
+    Elf(Arc<OpenFile>),
+    Jit(Arc<str>),
+    Kernel,
+}
+
+impl Symbols {
+    /// Opens the store (creating or repairing its cache directory) and starts the
+    /// symbolizer thread. Must run inside a tokio runtime.
+    pub async fn new(config: SymbolsConfig) -> Result<Symbols, SymbolsError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(SymbolsError::NoRuntime);
+        }
+        let store = SymbolStore::open(&StoreConfig {
+            dir: Some(config.cache_dir.clone().unwrap_or_else(default_cache_dir)),
+            memory_bytes: config.memory_bytes,
+            disk_bytes: config.disk_bytes,
+        })
+        .await
+        .map_err(SymbolsError::Store)?;
+        let (symbolizer, _join) = SymbolizerHandle::spawn().map_err(SymbolsError::Thread)?;
+        let (kernel_id, _) = identity::kernel_file_id();
+        Ok(Symbols {
+            store,
+            files: FileRegistry::new(symbolizer.clone()),
+            symbolizer,
+            processes: RwLock::new(HashMap::new()),
+            kernel_id,
+            perf_maps: PerfMapCounters::default(),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// Captures a process on first sight: executable mappings (each mapped file
+    /// opened and identified once), executable, name, build ID, container ID. A
+    /// no-op (one read-locked map lookup) when already captured. Never fails: a
+    /// vanished pid is remembered as gone with whatever could be read.
+    pub fn observe_process(&self, pid: u32) {
+        let _ = self.process(pid);
+    }
+
+    /// What was captured about `pid` (captured now if it was not yet).
+    pub fn process_info(&self, pid: u32) -> Arc<ProcessInfo> {
+        self.process(pid).info.clone()
+    }
+
+    /// Drops everything captured about `pid`; files no other process maps are
+    /// closed.
+    pub fn forget_process(&self, pid: u32) {
+        let removed = self
+            .processes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&pid);
+        drop(removed);
+    }
+
+    fn process(&self, pid: u32) -> Arc<ProcessState> {
+        if let Some(p) = self
+            .processes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+        {
+            return p.clone();
+        }
+        let mut report = CaptureReport::default();
+        let state = Arc::new(process::capture(pid, &self.files, &mut report));
+        self.errors.fetch_add(report.errors, Ordering::Relaxed);
+        self.processes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(pid)
+            .or_insert(state)
+            .clone()
+    }
+
+    /// Symbolizes a user stack of `pid`, leaf first (`stack[0]` is the sampled
+    /// instruction pointer, the others return addresses, looked up at `addr - 1`).
+    /// Returns frames leaf first with inline chains expanded (innermost first,
+    /// `inlined = true`); unresolvable addresses become [`Frame::unknown`] with
+    /// their mapping when known. Works after the process exited.
+    pub async fn symbolize_user(&self, pid: u32, stack: &[u64]) -> Vec<Frame> {
+        let process = self.process(pid);
+        let mut mappings = process.mappings();
+        let mut maps_reread = false;
+        let mut perf_map_refreshed = false;
+        let mut plans = Vec::with_capacity(stack.len());
+        for (i, &address) in stack.iter().enumerate() {
+            let lookup = lookup_address(i, address);
+            let mut found = ProcessState::find(&mappings, lookup).cloned();
+            if found.is_none() && !maps_reread {
+                maps_reread = true;
+                let mut report = CaptureReport::default();
+                if process.reread_maps(pid, &self.files, &mut report) {
+                    mappings = process.mappings();
+                    found = ProcessState::find(&mappings, lookup).cloned();
+                }
+                self.errors.fetch_add(report.errors, Ordering::Relaxed);
+            }
+            let plan = match found {
+                Some(m) => match &m.backing {
+                    Backing::File(file) => Plan::Lookup {
+                        key: FrameKey {
+                            file: file.id,
+                            address_or_line: lookup.wrapping_sub(m.start).wrapping_add(m.offset),
+                        },
+                        kind: FrameKind::Native,
+                        mapping: Some(m.model.clone()),
+                        source: Source::Elf(file.clone()),
+                    },
+                    Backing::Anonymous => self.jit_plan(
+                        &process,
+                        pid,
+                        lookup,
+                        Some(m.model.clone()),
+                        &mut perf_map_refreshed,
+                    ),
+                    Backing::Opaque => Plan::Unknown {
+                        kind: FrameKind::Native,
+                        mapping: Some(m.model.clone()),
+                    },
+                },
+                None => self.jit_plan(&process, pid, lookup, None, &mut perf_map_refreshed),
+            };
+            plans.push(plan);
+        }
+        let values = self.resolve(&plans).await;
+        assemble(stack, &plans, &values)
+    }
+
+    fn jit_plan(
+        &self,
+        process: &ProcessState,
+        pid: u32,
+        address: u64,
+        mapping: Option<Arc<Mapping>>,
+        refreshed: &mut bool,
+    ) -> Plan {
+        let mut perf_map = process.perf_map.lock().unwrap_or_else(|p| p.into_inner());
+        if !*refreshed {
+            *refreshed = true;
+            perf_map.refresh(pid, process.ns_pid, process.alive(), &self.perf_maps);
+        }
+        let kind = if mapping.is_some() {
+            FrameKind::Jit
+        } else {
+            FrameKind::Native
+        };
+        match perf_map.lookup(address) {
+            Some(region) => Plan::Lookup {
+                key: FrameKey {
+                    file: region.id,
+                    address_or_line: 0,
+                },
+                kind: FrameKind::Jit,
+                mapping,
+                source: Source::Jit(region.name.clone()),
+            },
+            None => Plan::Unknown { kind, mapping },
+        }
+    }
+
+    /// Symbolizes a kernel stack (leaf first, same address rules as
+    /// [`Symbols::symbolize_user`]) from kallsyms.
+    pub async fn symbolize_kernel(&self, stack: &[u64]) -> Vec<Frame> {
+        let plans: Vec<Plan> = stack
+            .iter()
+            .enumerate()
+            .map(|(i, &address)| {
+                if address == 0 {
+                    return Plan::Unknown {
+                        kind: FrameKind::Kernel,
+                        mapping: None,
+                    };
+                }
+                Plan::Lookup {
+                    key: FrameKey {
+                        file: self.kernel_id,
+                        address_or_line: lookup_address(i, address),
+                    },
+                    kind: FrameKind::Kernel,
+                    mapping: None,
+                    source: Source::Kernel,
+                }
+            })
+            .collect();
+        let values = self.resolve(&plans).await;
+        assemble(stack, &plans, &values)
+    }
+
+    /// Answers every lookup plan: memory tier, then disk tier, then perf map names
+    /// or one symbolizer request with a batch per file. New values go into the
+    /// store.
+    async fn resolve(&self, plans: &[Plan]) -> Vec<Option<SymbolValue>> {
+        let mut values: Vec<Option<SymbolValue>> = vec![None; plans.len()];
+        let mut missing: Vec<(FrameKey, Source)> = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            if let Plan::Lookup { key, source, .. } = plan {
+                values[i] = self.store.get_memory(key);
+                if values[i].is_none() && !missing.iter().any(|(k, _)| k == key) {
+                    missing.push((*key, source.clone()));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return values;
+        }
+
+        let mut found: HashMap<FrameKey, SymbolValue> = HashMap::with_capacity(missing.len());
+        let mut batches: Vec<(Batch, Vec<FrameKey>)> = Vec::new();
+        for (key, source) in missing {
+            if let Some(v) = self.store.get(&key).await {
+                found.insert(key, v);
+                continue;
+            }
+            match source {
+                Source::Jit(name) => {
+                    let v = SymbolValue::new(vec![SymbolFrame {
+                        function: Some(name),
+                        file: None,
+                        line: None,
+                    }]);
+                    self.store.insert(key, v.clone());
+                    found.insert(key, v);
+                }
+                Source::Elf(file) => {
+                    let batch = batches.iter_mut().find(|(b, _)| match &b.source {
+                        BatchSource::Elf(f) => f.id == file.id,
+                        BatchSource::Kernel => false,
+                    });
+                    match batch {
+                        Some((b, keys)) => {
+                            b.addresses.push(key.address_or_line);
+                            keys.push(key);
+                        }
+                        None => batches.push((
+                            Batch {
+                                source: BatchSource::Elf(file),
+                                addresses: vec![key.address_or_line],
+                            },
+                            vec![key],
+                        )),
+                    }
+                }
+                Source::Kernel => {
+                    let batch = batches
+                        .iter_mut()
+                        .find(|(b, _)| matches!(b.source, BatchSource::Kernel));
+                    match batch {
+                        Some((b, keys)) => {
+                            b.addresses.push(key.address_or_line);
+                            keys.push(key);
+                        }
+                        None => batches.push((
+                            Batch {
+                                source: BatchSource::Kernel,
+                                addresses: vec![key.address_or_line],
+                            },
+                            vec![key],
+                        )),
+                    }
+                }
+            }
+        }
+
+        if !batches.is_empty() {
+            let (jobs, keys): (Vec<Batch>, Vec<Vec<FrameKey>>) = batches.into_iter().unzip();
+            match self.symbolizer.symbolize(jobs).await {
+                Some(results) => {
+                    for (result, keys) in results.into_iter().zip(keys) {
+                        match result {
+                            Ok(batch_values) => {
+                                for (key, v) in keys.into_iter().zip(batch_values) {
+                                    self.store.insert(key, v.clone());
+                                    found.insert(key, v);
+                                }
+                            }
+                            Err(e) => {
+                                // Not cached: the file may be readable next time.
+                                self.errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(error = %e, "symbolization batch failed");
+                            }
+                        }
+                    }
+                }
+                None => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("the symbolizer thread is gone; frames stay unknown");
+                }
+            }
+        }
+
+        for (i, plan) in plans.iter().enumerate() {
+            if let (None, Plan::Lookup { key, .. }) = (&values[i], plan) {
+                values[i] = found.get(key).cloned();
+            }
+        }
+        values
+    }
+
+    /// Waits for the disk tier to write what was inserted and closes it. Call it
+    /// before exiting so a restart finds every entry.
+    pub async fn close(&self) -> Result<(), SymbolsError> {
+        self.store.flush().await;
+        self.store.close().await.map_err(SymbolsError::Store)
+    }
+
+    /// The global store (for benchmarks and self-metrics).
+    pub fn store(&self) -> &SymbolStore {
+        &self.store
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let c = self.store.counters();
+        StoreStats {
+            hits: c.hits,
+            misses: c.misses,
+            disk_hits: c.disk_hits,
+            evictions: c.evictions,
+            memory_bytes: c.memory_bytes,
+            memory_capacity_bytes: c.memory_capacity_bytes,
+            memory_entries: c.memory_entries,
+            disk_bytes: c.disk_bytes,
+            disk_capacity_bytes: c.disk_capacity_bytes,
+            symbolizer_calls: self.symbolizer.calls(),
+            processes_tracked: self
+                .processes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len() as u64,
+            open_files: self.files.open_files() as u64,
+            perf_map_reloads: self.perf_maps.reloads.load(Ordering::Relaxed),
+            perf_map_malformed_lines: self.perf_maps.malformed_lines.load(Ordering::Relaxed),
+            errors: c.errors + self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The sampled instruction pointer is looked up as is; a return address points
+/// after the call, possibly into the next function or line, so `addr - 1` is
+/// looked up for it.
+fn lookup_address(index: usize, address: u64) -> u64 {
+    if index == 0 {
+        address
+    } else {
+        address.saturating_sub(1)
+    }
+}
+
+fn assemble(stack: &[u64], plans: &[Plan], values: &[Option<SymbolValue>]) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(stack.len());
+    for ((&address, plan), value) in stack.iter().zip(plans).zip(values) {
+        let (kind, mapping) = match plan {
+            Plan::Lookup { kind, mapping, .. } | Plan::Unknown { kind, mapping } => {
+                (*kind, mapping)
+            }
+        };
+        match value {
+            Some(v) if !v.is_unknown() => {
+                let n = v.frames().len();
+                for (j, f) in v.frames().iter().enumerate() {
+                    frames.push(Frame {
+                        kind,
+                        address,
+                        function: f.function.clone(),
+                        file: f.file.clone(),
+                        line: f.line,
+                        inlined: j + 1 < n,
+                        mapping: mapping.clone(),
+                    });
+                }
+            }
+            _ => frames.push(Frame::unknown(kind, address, mapping.clone())),
+        }
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn symbols_is_send_and_sync() {
+        assert_send_sync::<Symbols>();
+    }
+
+    #[test]
+    fn config_defaults_and_partial_toml_like_input() {
+        let c: SymbolsConfig = serde_json::from_str(r#"{"memory_bytes": 1024}"#).unwrap();
+        assert_eq!(c.memory_bytes, 1024);
+        assert_eq!(c.disk_bytes, SymbolsConfig::default().disk_bytes);
+        assert!(serde_json::from_str::<SymbolsConfig>(r#"{"memory": 1}"#).is_err());
+    }
+
+    #[test]
+    fn new_outside_a_runtime_is_an_error() {
+        use std::future::Future;
+        let mut fut = Box::pin(Symbols::new(SymbolsConfig::default()));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let result = fut.as_mut().poll(&mut cx);
+        assert!(matches!(
+            result,
+            std::task::Poll::Ready(Err(SymbolsError::NoRuntime))
+        ));
+    }
+}

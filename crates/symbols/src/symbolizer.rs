@@ -1,0 +1,181 @@
+//! The one blazesym `Symbolizer`, on its own thread.
+//!
+//! `blazesym::symbolize::Symbolizer` is `!Send` and caches every parsed file
+//! (ELF symbol tables, DWARF line programs, kallsyms), so exactly one lives for the
+//! life of the agent, on a dedicated thread fed through a channel. Requests arrive
+//! batched by file; replies go back on a oneshot channel.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized, Symbolizer};
+use blazesym::MaybeDefault;
+use tokio::sync::oneshot;
+use tracing::debug;
+
+use crate::files::OpenFile;
+use crate::store::{SymbolFrame, SymbolValue};
+
+/// What to symbolize a batch of addresses against.
+pub(crate) enum BatchSource {
+    /// An ELF file by file offsets. The `Arc` keeps its descriptor (and so the
+    /// `/proc/self/fd/N` path handed to blazesym) alive until the batch is done.
+    Elf(Arc<OpenFile>),
+    /// The running kernel by absolute addresses (kallsyms).
+    Kernel,
+}
+
+pub(crate) struct Batch {
+    pub source: BatchSource,
+    pub addresses: Vec<u64>,
+}
+
+/// One value per address of the batch, or why the whole batch failed.
+pub(crate) type BatchResult = Result<Vec<SymbolValue>, String>;
+
+pub(crate) enum Job {
+    Symbolize {
+        batches: Vec<Batch>,
+        reply: oneshot::Sender<Vec<BatchResult>>,
+    },
+    /// Drop blazesym's cached data for a path whose descriptor is being closed.
+    EvictElf(PathBuf),
+}
+
+/// Handle to the symbolizer thread; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct SymbolizerHandle {
+    tx: mpsc::Sender<Job>,
+    calls: Arc<AtomicU64>,
+}
+
+impl SymbolizerHandle {
+    /// Starts the thread. It ends when every handle (and every `OpenFile`, which
+    /// holds one to send evictions) is gone.
+    pub(crate) fn spawn() -> std::io::Result<(SymbolizerHandle, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let calls = Arc::new(AtomicU64::new(0));
+        let thread_calls = calls.clone();
+        let join = std::thread::Builder::new()
+            .name("kestrel-symbolizer".into())
+            .spawn(move || run(rx, thread_calls))?;
+        Ok((SymbolizerHandle { tx, calls }, join))
+    }
+
+    /// Symbolizes the batches; `None` when the thread is gone.
+    pub(crate) async fn symbolize(&self, batches: Vec<Batch>) -> Option<Vec<BatchResult>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Job::Symbolize { batches, reply }).ok()?;
+        rx.await.ok()
+    }
+
+    pub(crate) fn evict(&self, path: PathBuf) {
+        // A closed channel means the thread (and its caches) are gone already.
+        let _ = self.tx.send(Job::EvictElf(path));
+    }
+
+    /// Number of blazesym symbolize calls made (one per file batch).
+    pub(crate) fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+fn run(rx: mpsc::Receiver<Job>, calls: Arc<AtomicU64>) {
+    let mut symbolizer = Symbolizer::builder()
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        .enable_demangling(true)
+        // The paths we hand out are /proc/self/fd/N; a reused descriptor number
+        // must never be answered from the previous file's cache.
+        .enable_auto_reload(true)
+        .build();
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Symbolize { batches, reply } => {
+                let results = batches
+                    .iter()
+                    .map(|batch| {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        symbolize_batch(&symbolizer, batch)
+                    })
+                    .collect();
+                // The caller may have given up (dropped its future); nothing to do.
+                let _ = reply.send(results);
+            }
+            Job::EvictElf(path) => {
+                let evict = blazesym::symbolize::evict::Evict::Elf(
+                    blazesym::symbolize::evict::Elf::new(path),
+                );
+                if let Err(e) = symbolizer.evict(&evict) {
+                    debug!(error = %e, "blazesym eviction failed");
+                }
+            }
+        }
+    }
+}
+
+fn symbolize_batch(symbolizer: &Symbolizer, batch: &Batch) -> BatchResult {
+    let result = match &batch.source {
+        BatchSource::Elf(file) => {
+            let src = Source::Elf(Elf::new(file.symbolizer_path()));
+            symbolizer.symbolize(&src, Input::FileOffset(&batch.addresses))
+        }
+        BatchSource::Kernel => {
+            // vmlinux would bring DWARF lines but costs hundreds of MB; kallsyms
+            // names are what a profile needs.
+            let kernel = Kernel {
+                vmlinux: MaybeDefault::None,
+                debug_syms: false,
+                ..Kernel::default()
+            };
+            let src = Source::Kernel(kernel);
+            symbolizer.symbolize(&src, Input::AbsAddr(&batch.addresses))
+        }
+    };
+    match result {
+        Ok(symbolized) => Ok(symbolized.iter().map(value_from_symbolized).collect()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn value_from_symbolized(s: &Symbolized<'_>) -> SymbolValue {
+    match s {
+        Symbolized::Sym(sym) => value_from_sym(sym),
+        Symbolized::Unknown(_) => SymbolValue::unknown(),
+    }
+}
+
+/// blazesym reports the outer function with the code location *in it* and the
+/// inlined calls outermost first, each with its own location. We store leaf
+/// first: innermost inlined function, ..., outer function.
+fn value_from_sym(sym: &Sym<'_>) -> SymbolValue {
+    let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
+    for inlined in sym.inlined.iter().rev() {
+        let (file, line) = location(inlined.code_info.as_ref());
+        frames.push(SymbolFrame {
+            function: Some(Arc::from(inlined.name.as_ref())),
+            file,
+            line,
+        });
+    }
+    let (file, line) = location(sym.code_info.as_deref());
+    frames.push(SymbolFrame {
+        function: Some(Arc::from(sym.name.as_ref())),
+        file,
+        line,
+    });
+    SymbolValue::new(frames)
+}
+
+fn location(info: Option<&CodeInfo<'_>>) -> (Option<Arc<str>>, Option<u32>) {
+    match info {
+        Some(info) => (
+            Some(Arc::from(info.to_path().to_string_lossy().as_ref())),
+            info.line,
+        ),
+        None => (None, None),
+    }
+}
