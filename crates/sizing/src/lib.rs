@@ -1,1 +1,55 @@
-//! placeholder
+//! Kestrel's single map-sizing policy.
+//!
+//! Every BPF map Kestrel creates gets its size from [`plan`]: a pure
+//! function of the CPU topology (online and *possible* CPUs), the rates
+//! (sampling frequency, scheduler events, off-CPU probability) and the poll
+//! interval. The result, a [`MapPlan`], lists each map with its entries, its
+//! kernel memory when empty and when full (from the [`cost`] model of the
+//! kernel's own accounting), the formula that produced it and the tier it
+//! landed in. The plan never exceeds its memory cap: the ring buffer is
+//! halved until the total fits, or planning fails with
+//! [`SizingError::CapTooSmall`].
+//!
+//! The only I/O is topology detection from sysfs ([`Topology::detect`]) and
+//! [`read_pid_max`] for the comparison with the reference agent
+//! ([`reference_cost`]).
+
+pub mod cost;
+mod cpuset;
+mod error;
+mod map_type;
+mod plan;
+mod reference;
+mod topology;
+
+pub use cpuset::{CpuSet, MAX_CPU_ID};
+pub use error::SizingError;
+pub use map_type::{
+    MapType, BPF_F_MMAPABLE, BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG,
+};
+pub use plan::{
+    next_pow2, plan, MapPlan, MapRow, OffCpuState, PlanInputs, PlanInputsSummary, Tier,
+    DEFAULT_MEMORY_CAP_BYTES, EVENTS_CAP_BYTES, EVENTS_FLOOR_BYTES, OFFCPU_ENTRIES_CAP,
+    OFFCPU_ENTRIES_FLOOR, OFFCPU_VALUE_BYTES, PID_FILTER_MAX_LEN, RINGBUF_RECORD_HEADER_BYTES,
+};
+pub use reference::{read_pid_max, read_pid_max_from, reference_cost, ReferenceCost, PID_MAX_PATH};
+pub use topology::{Topology, SYSFS_CPU_DIR};
+
+/// Bytes of the fixed header of every sample record; must equal
+/// `sizeof(struct sample_header)` in `bpf/kestrel.h`.
+pub const RECORD_HEADER_BYTES: u32 = 48;
+/// The kernel's default `perf_event_max_stack`: the deepest stack
+/// `bpf_get_stack` returns.
+pub const MAX_STACK_DEPTH: u32 = 127;
+/// One full record: header plus a kernel and a user stack of
+/// [`MAX_STACK_DEPTH`] 8-byte frames each.
+pub const RECORD_MAX_BYTES: u32 = RECORD_HEADER_BYTES + 2 * MAX_STACK_DEPTH * 8;
+/// Bytes of the wake-up record emitted when an off-CPU task is woken.
+pub const WAKE_RECORD_BYTES: u32 = 32;
+/// The average number of frames per stack a rate estimate assumes (records
+/// are variable-length; only the scratch buffer must fit the maximum).
+pub const EXPECTED_FRAMES_PER_STACK: u32 = 32;
+/// Number of 8-byte self-metric counters the BPF programs keep.
+pub const NUM_COUNTERS: u32 = 16;
+/// Size of the BPF object's `.rodata` section (its configuration constants).
+pub const RODATA_BYTES: u32 = 64;
