@@ -1,1 +1,112 @@
-//! placeholder
+//! Kestrel's BPF programs and their lifecycle.
+//!
+//! open the object → size every map from the `kestrel-sizing` plan → load →
+//! attach each enabled [`Probe`] (per online CPU where it samples) → follow CPU
+//! hotplug → drain the ring buffer on the poll interval → detach on drop.
+//!
+//! Probes are plugins: each implements [`Probe`] in its own module and is listed
+//! once in [`REGISTRY`].
+
+mod bpf;
+pub mod features;
+mod off_cpu;
+mod on_cpu;
+pub mod perf;
+pub mod record;
+mod session;
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use features::{KernelFeatures, OffCpuHook, Outcome};
+pub use record::{RawSample, SampleKind};
+pub use session::{Counters, CpuChange, MapMemory, Session};
+
+/// What the probes are asked to do; validated by the binary's configuration.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub frequency_hz: u32,
+    /// 0 disables off-CPU measurement entirely (its maps are not created).
+    pub off_cpu_probability: f64,
+    /// Waits shorter than this are counted but not reported.
+    pub off_cpu_min_duration: Duration,
+    /// Only these processes (by pid); empty means every process.
+    pub pids: Vec<u32>,
+    /// Sample Kestrel's own process too.
+    pub profile_self: bool,
+    /// Frames per stack, 1..=127.
+    pub stack_depth: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            frequency_hz: 19,
+            off_cpu_probability: 0.0,
+            off_cpu_min_duration: Duration::ZERO,
+            pids: Vec::new(),
+            profile_self: false,
+            stack_depth: kestrel_sizing::MAX_STACK_DEPTH,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("opening Kestrel's BPF object failed: {0}")]
+    Open(#[source] libbpf_rs::Error),
+    #[error("loading Kestrel's BPF programs failed: {0}; run `kestrel check` to see what this kernel refuses")]
+    Load(String),
+    #[error("sizing map `{map}` failed: {source}")]
+    Size {
+        map: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("the sizing plan has no row for map `{0}`, which an enabled probe needs; this is a bug in kestrel-sizing")]
+    MissingPlanRow(String),
+    #[error("opening the cpu-clock perf event on CPU {cpu} failed: {source}; run `kestrel check`")]
+    PerfEvent {
+        cpu: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching program `{program}` failed: {detail}; run `kestrel check`")]
+    Attach { program: String, detail: String },
+    #[error("off-CPU profiling needs tp_btf or raw_tp on sched_switch and this kernel refuses both; set off_cpu_probability = 0 or run `kestrel check`")]
+    NoOffCpuHook,
+    #[error("BPF map operation on `{map}` failed: {source}")]
+    Map {
+        map: String,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error("reading the online CPUs failed: {0}")]
+    Topology(String),
+}
+
+/// A sampling or tracing probe: which programs of the shared object it needs and
+/// how it attaches them.
+pub trait Probe: Send {
+    /// Stable name, shown in logs and `stats.json`.
+    fn name(&self) -> &'static str;
+    /// Programs of `bpf/kestrel.bpf.c` this probe needs loaded.
+    fn programs(&self) -> Vec<&'static str>;
+    /// Attach after load, on every CPU in `online` where that matters.
+    fn attach(&mut self, object: &libbpf_rs::Object, online: &[u32]) -> Result<(), ProbeError>;
+    /// A CPU came online while running.
+    fn cpu_online(&mut self, _object: &libbpf_rs::Object, _cpu: u32) -> Result<(), ProbeError> {
+        Ok(())
+    }
+    /// A CPU went offline while running.
+    fn cpu_offline(&mut self, _cpu: u32) {}
+    /// Number of live attachments (links).
+    fn attachments(&self) -> usize;
+}
+
+/// Builds a probe when the configuration enables it.
+pub type ProbeFactory = fn(&ProbeConfig, &KernelFeatures) -> Result<Option<Box<dyn Probe>>, ProbeError>;
+
+/// Every probe Kestrel knows: adding one is its module plus one line here.
+pub const REGISTRY: &[(&str, ProbeFactory)] = &[("on_cpu", on_cpu::factory), ("off_cpu", off_cpu::factory)];

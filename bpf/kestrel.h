@@ -1,0 +1,97 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Records shared between Kestrel's BPF programs and user space.
+ *
+ * The layouts are fixed-size and naturally aligned so that the Rust side can parse
+ * them with plain little-endian reads; `kestrel-probes` asserts at test time that
+ * the sizes below equal the constants of `kestrel-sizing` (RECORD_HEADER_BYTES,
+ * WAKE_RECORD_BYTES, RODATA_BYTES, KESTREL_NUM_COUNTERS).
+ */
+#ifndef KESTREL_H
+#define KESTREL_H
+
+/* The kernel's default perf_event_max_stack; the per-record frame buffer holds one
+ * kernel and one user stack of this depth. */
+#define MAX_STACK_DEPTH 127
+
+enum kestrel_record_kind {
+	RECORD_ON_CPU = 1,
+	RECORD_OFF_CPU_BLOCK = 2,
+	RECORD_OFF_CPU_WAKE = 3,
+};
+
+enum kestrel_record_flags {
+	FLAG_KERNEL_STACK_ERROR = 1 << 0,
+	FLAG_USER_STACK_ERROR = 1 << 1,
+	FLAG_KERNEL_THREAD = 1 << 2,
+};
+
+/* Every record starts with kind, flags, cpu and tid at the same offsets. */
+struct kestrel_sample_header {
+	__u8 kind;
+	__u8 flags;
+	__u16 cpu;
+	__u32 tid;
+	__u32 pid;
+	__u8 kernel_frames;
+	__u8 user_frames;
+	__u16 reserved;
+	__u64 timestamp_ns;
+	/* RECORD_ON_CPU: 1 (one period). RECORD_OFF_CPU_BLOCK: the block start time,
+	 * which the matching wake record repeats as timestamp_ns - delta_ns. */
+	__u64 value;
+	char comm[16];
+};
+
+/* A sample as built in the per-CPU scratch slot: the header, then kernel frames,
+ * then user frames, packed; only header + frames used is sent. */
+struct kestrel_sample {
+	struct kestrel_sample_header header;
+	__u64 frames[2 * MAX_STACK_DEPTH];
+};
+
+struct kestrel_wake {
+	__u8 kind;
+	__u8 flags;
+	__u16 cpu;
+	__u32 tid;
+	__u32 pid;
+	__u32 reserved;
+	__u64 timestamp_ns;
+	__u64 delta_ns;
+};
+
+enum kestrel_counter {
+	COUNTER_ON_CPU_SEEN = 0,      /* perf event fired for a task that passed the filters */
+	COUNTER_ON_CPU_SENT = 1,      /* on-CPU record written to the ring buffer */
+	COUNTER_IDLE_SKIPPED = 2,     /* perf event fired on an idle CPU (pid 0) */
+	COUNTER_RINGBUF_LOST = 3,     /* ring buffer full: record dropped */
+	COUNTER_KERNEL_STACK_ERR = 4, /* bpf_get_stack failed for the kernel stack */
+	COUNTER_USER_STACK_ERR = 5,   /* bpf_get_stack failed for the user stack */
+	COUNTER_OFF_CPU_SWITCHES = 6, /* voluntary switch-outs of tasks that passed the filters */
+	COUNTER_OFF_CPU_SAMPLED = 7,  /* of those, chosen by the probability and recorded */
+	COUNTER_OFF_CPU_WAKES = 8,    /* wake records sent */
+	COUNTER_OFF_CPU_SHORT = 9,    /* waits shorter than the minimum duration */
+	COUNTER_OFF_CPU_STORE_FULL = 10, /* in-flight store refused an entry */
+	COUNTER_OFF_CPU_IN_FLIGHT = 11,  /* entries currently in flight (gauge) */
+	COUNTER_OFF_CPU_EXIT_CLEANED = 12, /* in-flight entries removed at task exit */
+	COUNTER_SCRATCH_MISSING = 13, /* per-CPU scratch lookup failed (never expected) */
+	KESTREL_NUM_COUNTERS = 16,
+};
+
+/* Load-time configuration in .rodata; the verifier treats it as constant, so
+ * disabled features are dead code and their maps need not exist. Padded to 64 B
+ * (RODATA_BYTES) so the sizing plan knows the .rodata map's size. */
+struct kestrel_config {
+	__u32 self_tgid;         /* Kestrel's own pid, excluded unless profile_self */
+	__u32 profile_self;
+	__u32 filter_pids;       /* 1: only pids in pid_filter */
+	__u32 stack_depth;       /* frames per stack, 1..=MAX_STACK_DEPTH */
+	__u32 off_cpu_enabled;
+	__u32 off_cpu_threshold; /* sample a switch when prandom_u32 <= threshold */
+	__u64 off_cpu_min_ns;    /* waits shorter than this are not reported */
+	__u32 off_cpu_task_storage; /* 1: in-flight state in task storage, 0: hash */
+	__u32 reserved[7];
+};
+
+#endif /* KESTREL_H */

@@ -1,0 +1,308 @@
+//! Configuration: built-in defaults ← `config.toml` (`--config` or `KESTREL_CONFIG`)
+//! ← environment `KESTREL_*` (nesting with `__`) ← CLI flags. Later wins.
+//!
+//! Unknown keys and wrong types are errors naming the key and where it came from;
+//! values outside their range are errors naming the key, its source and the
+//! allowed range.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Every key of `config.toml`; the root `config.toml` documents each.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sampling: Sampling,
+    pub off_cpu: OffCpu,
+    pub memory: Memory,
+    pub record: Record,
+    pub symbols: Symbols,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sampling {
+    /// On-CPU samples per second per CPU. A prime avoids lockstep with periodic work.
+    pub frequency_hz: u32,
+    /// Frames per stack (kernel and user each), 1..=127.
+    pub stack_depth: u32,
+    /// How often the ring buffer is drained, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Only these processes; empty means the whole system.
+    pub pids: Vec<u32>,
+    /// Sample Kestrel itself too.
+    pub profile_self: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffCpu {
+    /// Fraction of voluntary context switches measured, 0..=1; 0 disables off-CPU.
+    pub probability: f64,
+    /// Waits shorter than this many microseconds are not reported.
+    pub min_duration_us: u64,
+    /// Upper bound on context switches per CPU per second that the in-flight
+    /// table and ring buffer are sized for.
+    pub sched_events_per_cpu_s: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Memory {
+    /// Kernel memory cap for all of Kestrel's BPF maps together, in bytes.
+    pub bpf_cap_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Record {
+    /// Seconds `kestrel record` runs before writing its files.
+    pub duration_s: f64,
+    /// Where `kestrel record` writes its files.
+    pub output_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Symbols {
+    /// Symbol cache directory; empty means /var/cache/kestrel as root, else
+    /// $XDG_CACHE_HOME/kestrel.
+    pub cache_dir: PathBuf,
+    /// Memory tier of the symbol store, in bytes.
+    pub memory_bytes: u64,
+    /// Disk tier of the symbol store, in bytes.
+    pub disk_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// `error`, `warn`, `info`, `debug` or `trace`; RUST_LOG overrides.
+    pub level: String,
+    /// `human` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sampling: Sampling::default(),
+            off_cpu: OffCpu::default(),
+            memory: Memory::default(),
+            record: Record::default(),
+            symbols: Symbols::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { frequency_hz: 19, stack_depth: 127, poll_interval_ms: 250, pids: Vec::new(), profile_self: false }
+    }
+}
+
+impl Default for OffCpu {
+    fn default() -> Self {
+        OffCpu { probability: 0.0, min_duration_us: 0, sched_events_per_cpu_s: 1000 }
+    }
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory { bpf_cap_bytes: 8 * 1024 * 1024 }
+    }
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record { duration_s: 10.0, output_dir: PathBuf::from("./kestrel-out") }
+    }
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        Symbols { cache_dir: PathBuf::new(), memory_bytes: 32 * 1024 * 1024, disk_bytes: 256 * 1024 * 1024 }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { level: "info".into(), format: "human".into() }
+    }
+}
+
+impl Sampling {
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+/// Where the configuration file comes from: `--config`, else `KESTREL_CONFIG`,
+/// else none (built-in defaults; the root `config.toml` documents them).
+pub fn config_path(flag: Option<&Path>) -> Option<PathBuf> {
+    flag.map(Path::to_path_buf).or_else(|| std::env::var_os("KESTREL_CONFIG").map(PathBuf::from))
+}
+
+/// Build the figment: defaults ← file ← env ← `overrides` (CLI flags, only those given).
+pub fn figment(file: Option<&Path>, overrides: &impl Serialize) -> Result<Figment> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(path) = file {
+        // Read it ourselves so an unreadable file is an error, not silently skipped.
+        // Read it first so an unreadable or missing file is an error (figment
+        // would skip a missing one silently); Toml::file keeps the path as the
+        // source that error messages name.
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}: check the path and its permissions", path.display()))?;
+        fig = fig.merge(Toml::file(path));
+    }
+    fig = fig
+        .merge(Env::prefixed("KESTREL_").ignore(&["CONFIG"]).split("__").lowercase(true))
+        .merge(Serialized::defaults(overrides));
+    Ok(fig)
+}
+
+/// Extract and validate. Errors name the key, the source and the allowed values.
+pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Config> {
+    let fig = figment(file, overrides)?;
+    let config: Config = fig.extract().map_err(|e| {
+        let mut msg = String::new();
+        for err in e {
+            let source = err
+                .metadata
+                .as_ref()
+                .map(|m| match &m.source {
+                    Some(s) => format!("{} ({s})", m.name),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_else(|| "unknown source".into());
+            let key = if err.path.is_empty() { "(top level)".to_string() } else { err.path.join(".") };
+            msg.push_str(&format!("\n  key `{key}` from {source}: {}", err.kind));
+        }
+        anyhow::anyhow!("invalid configuration:{msg}\n  (see config.toml at the repository root for every key, its type and default)")
+    })?;
+    validate(&config, &fig)?;
+    Ok(config)
+}
+
+fn source_of(fig: &Figment, key: &str) -> String {
+    match fig.find_metadata(key) {
+        Some(m) => match &m.source {
+            Some(s) => format!("{} ({s})", m.name),
+            None => m.name.to_string(),
+        },
+        None => "defaults".into(),
+    }
+}
+
+fn validate(c: &Config, fig: &Figment) -> Result<()> {
+    let mut problems = Vec::new();
+    let mut check = |ok: bool, key: &str, value: String, allowed: &str| {
+        if !ok {
+            problems.push(format!("  key `{key}` = {value} from {} is out of range: allowed {allowed}", source_of(fig, key)));
+        }
+    };
+    let s = &c.sampling;
+    check((1..=10_000).contains(&s.frequency_hz), "sampling.frequency_hz", s.frequency_hz.to_string(), "1..=10000 Hz");
+    check((1..=127).contains(&s.stack_depth), "sampling.stack_depth", s.stack_depth.to_string(), "1..=127 frames");
+    check((10..=10_000).contains(&s.poll_interval_ms), "sampling.poll_interval_ms", s.poll_interval_ms.to_string(), "10..=10000 ms");
+    let p = c.off_cpu.probability;
+    check(p.is_finite() && (0.0..=1.0).contains(&p), "off_cpu.probability", p.to_string(), "0.0..=1.0 (0 disables off-CPU)");
+    check(
+        (1..=1_000_000).contains(&c.off_cpu.sched_events_per_cpu_s),
+        "off_cpu.sched_events_per_cpu_s",
+        c.off_cpu.sched_events_per_cpu_s.to_string(),
+        "1..=1000000",
+    );
+    check(c.memory.bpf_cap_bytes >= 1 << 20, "memory.bpf_cap_bytes", c.memory.bpf_cap_bytes.to_string(), ">= 1048576 (1 MiB)");
+    let d = c.record.duration_s;
+    check(d.is_finite() && d > 0.0 && d <= 86_400.0, "record.duration_s", d.to_string(), "0 < seconds <= 86400");
+    check(c.symbols.memory_bytes >= 1 << 20, "symbols.memory_bytes", c.symbols.memory_bytes.to_string(), ">= 1048576 (1 MiB)");
+    check(c.symbols.disk_bytes >= 1 << 20, "symbols.disk_bytes", c.symbols.disk_bytes.to_string(), ">= 1048576 (1 MiB)");
+    let levels = ["error", "warn", "info", "debug", "trace"];
+    check(levels.contains(&c.log.level.as_str()), "log.level", format!("{:?}", c.log.level), "one of error, warn, info, debug, trace");
+    check(["human", "json"].contains(&c.log.format.as_str()), "log.format", format!("{:?}", c.log.format), "one of human, json");
+    if !problems.is_empty() {
+        bail!("invalid configuration:\n{}", problems.join("\n"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[derive(Serialize, Default)]
+    struct NoOverrides {}
+
+    #[test]
+    fn root_config_toml_equals_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.toml");
+        let c = load(Some(&path), &NoOverrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn later_sources_win_and_env_nests_with_double_underscore() {
+        Jail::expect_with(|jail| {
+            jail.create_file("k.toml", "[sampling]\nfrequency_hz = 49\nstack_depth = 64\n")?;
+            jail.set_env("KESTREL_SAMPLING__FREQUENCY_HZ", "97");
+            let c = load(Some(Path::new("k.toml")), &NoOverrides::default()).unwrap();
+            assert_eq!(c.sampling.frequency_hz, 97);
+            assert_eq!(c.sampling.stack_depth, 64);
+            #[derive(Serialize)]
+            struct Cli {
+                sampling: CliSampling,
+            }
+            #[derive(Serialize)]
+            struct CliSampling {
+                frequency_hz: u32,
+            }
+            let c = load(Some(Path::new("k.toml")), &Cli { sampling: CliSampling { frequency_hz: 7 } }).unwrap();
+            assert_eq!(c.sampling.frequency_hz, 7);
+            assert_eq!(c.sampling.stack_depth, 64, "a flag not given must not override the file");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_key_and_source() {
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[sampling]\nfrequncy_hz = 49\n")?;
+            let e = load(Some(Path::new("bad.toml")), &NoOverrides::default()).unwrap_err().to_string();
+            assert!(e.contains("frequncy_hz") && e.contains("bad.toml"), "{e}");
+            jail.create_file("type.toml", "[off_cpu]\nprobability = \"high\"\n")?;
+            let e = load(Some(Path::new("type.toml")), &NoOverrides::default()).unwrap_err().to_string();
+            assert!(e.contains("off_cpu.probability") && e.contains("type.toml"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_source_and_range() {
+        Jail::expect_with(|jail| {
+            jail.create_file("r.toml", "[sampling]\nfrequency_hz = 0\n[off_cpu]\nprobability = 1.5\n")?;
+            let e = load(Some(Path::new("r.toml")), &NoOverrides::default()).unwrap_err().to_string();
+            assert!(e.contains("sampling.frequency_hz") && e.contains("1..=10000"), "{e}");
+            assert!(e.contains("off_cpu.probability") && e.contains("0.0..=1.0"), "{e}");
+            assert!(e.contains("r.toml"), "{e}");
+            jail.set_env("KESTREL_SAMPLING__FREQUENCY_HZ", "20000");
+            let e = load(None, &NoOverrides::default()).unwrap_err().to_string();
+            assert!(e.contains("KESTREL_"), "the env source is named: {e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unreadable_file_is_an_error() {
+        let e = load(Some(Path::new("/nonexistent/kestrel.toml")), &NoOverrides::default()).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/kestrel.toml"));
+    }
+}

@@ -1,0 +1,53 @@
+//! Off-CPU measurement from sched_switch: tp_btf with task storage where the
+//! kernel allows it, raw_tp with a sized hash otherwise. One attachment covers
+//! every CPU, so CPU hotplug needs nothing here.
+
+use libbpf_rs::{Link, Object};
+
+use crate::features::OffCpuHook;
+use crate::{KernelFeatures, Probe, ProbeConfig, ProbeError};
+
+pub(crate) fn factory(config: &ProbeConfig, features: &KernelFeatures) -> Result<Option<Box<dyn Probe>>, ProbeError> {
+    if config.off_cpu_probability <= 0.0 {
+        return Ok(None);
+    }
+    let hook = features.off_cpu_hook().ok_or(ProbeError::NoOffCpuHook)?;
+    Ok(Some(Box::new(OffCpuProbe { hook, links: Vec::new() })))
+}
+
+struct OffCpuProbe {
+    hook: OffCpuHook,
+    links: Vec<Link>,
+}
+
+impl Probe for OffCpuProbe {
+    fn name(&self) -> &'static str {
+        "off_cpu"
+    }
+
+    fn programs(&self) -> Vec<&'static str> {
+        match self.hook {
+            OffCpuHook::TpBtfTaskStorage => vec!["off_cpu_switch_btf"],
+            // The hash store outlives exiting threads unless their entry is removed.
+            OffCpuHook::RawTpHash => vec!["off_cpu_switch_raw", "off_cpu_exit_raw"],
+        }
+    }
+
+    fn attach(&mut self, object: &Object, _online: &[u32]) -> Result<(), ProbeError> {
+        for name in self.programs() {
+            let program = object
+                .progs_mut()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| ProbeError::Attach { program: name.into(), detail: "not in the loaded object".into() })?;
+            let link = program
+                .attach()
+                .map_err(|e| ProbeError::Attach { program: name.into(), detail: e.to_string() })?;
+            self.links.push(link);
+        }
+        Ok(())
+    }
+
+    fn attachments(&self) -> usize {
+        self.links.len()
+    }
+}

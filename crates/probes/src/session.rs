@@ -1,0 +1,432 @@
+//! A loaded, attached set of probes and the ring buffer they write to.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kestrel_sizing::{CpuSet, MapPlan};
+use libbpf_rs::{MapCore, MapFlags, MapType, Object, ObjectBuilder, RingBuffer, RingBufferBuilder};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::bpf::KESTREL_OBJECT;
+use crate::features::{explain_load_error, KernelFeatures, OffCpuHook};
+use crate::record::{parse_record, RawSample, Record, SampleKind};
+use crate::{Probe, ProbeConfig, ProbeError, REGISTRY};
+
+/// Blocks waiting for their wake are kept per thread; past this many the oldest
+/// half is dropped (and counted) so a storm of threads cannot grow memory without
+/// bound.
+const MAX_PENDING_BLOCKS: usize = 65_536;
+
+/// The BPF counters (`enum counter` in kestrel.h) and the drain's own.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    pub on_cpu_seen: u64,
+    pub on_cpu_sent: u64,
+    pub idle_skipped: u64,
+    pub ringbuf_lost: u64,
+    pub kernel_stack_errors: u64,
+    pub user_stack_errors: u64,
+    pub off_cpu_switches: u64,
+    pub off_cpu_sampled: u64,
+    pub off_cpu_wakes: u64,
+    pub off_cpu_short: u64,
+    pub off_cpu_store_full: u64,
+    pub off_cpu_in_flight: i64,
+    pub off_cpu_exit_cleaned: u64,
+    pub scratch_missing: u64,
+    /// Records user space could not parse.
+    pub malformed_records: u64,
+    /// Wake records whose block record was not seen (e.g. blocked before start).
+    pub off_cpu_unmatched_wakes: u64,
+    /// Block records dropped because too many threads were pending at once.
+    pub off_cpu_pending_dropped: u64,
+}
+
+/// Kernel memory of one map, measured from `/proc/self/fdinfo`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MapMemory {
+    /// The plan's name for the map (`rodata` for libbpf's `.rodata`).
+    pub name: String,
+    pub map_type: String,
+    pub max_entries: u32,
+    pub memlock_bytes: u64,
+}
+
+/// CPUs that came and went since the last [`Session::sync_online_cpus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CpuChange {
+    pub added: Vec<u32>,
+    pub removed: Vec<u32>,
+}
+
+impl CpuChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Encodes `struct kestrel_config` (kestrel.h) for `.rodata`.
+fn encode_config(config: &ProbeConfig, hook: Option<OffCpuHook>) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    let p = config.off_cpu_probability.clamp(0.0, 1.0);
+    // p × (2^32 − 1), compared with `<=` against bpf_get_prandom_u32(): p = 1 takes
+    // every switch. p > 0 but tiny rounds to threshold 0, which still takes 1 in 2^32.
+    let threshold = (p * f64::from(u32::MAX)).round() as u32;
+    let self_tgid = std::process::id();
+    let min_ns = u64::try_from(config.off_cpu_min_duration.as_nanos()).unwrap_or(u64::MAX);
+    b[0..4].copy_from_slice(&self_tgid.to_le_bytes());
+    b[4..8].copy_from_slice(&u32::from(config.profile_self).to_le_bytes());
+    b[8..12].copy_from_slice(&u32::from(!config.pids.is_empty()).to_le_bytes());
+    b[12..16].copy_from_slice(&config.stack_depth.clamp(1, kestrel_sizing::MAX_STACK_DEPTH).to_le_bytes());
+    b[16..20].copy_from_slice(&u32::from(hook.is_some()).to_le_bytes());
+    b[20..24].copy_from_slice(&threshold.to_le_bytes());
+    b[24..32].copy_from_slice(&min_ns.to_le_bytes());
+    b[32..36].copy_from_slice(&u32::from(hook == Some(OffCpuHook::TpBtfTaskStorage)).to_le_bytes());
+    b
+}
+
+/// libbpf names the .rodata map `<object>.rodata`; the plan calls it `rodata`.
+fn plan_name(map_name: &str) -> &str {
+    if map_name.ends_with(".rodata") {
+        "rodata"
+    } else {
+        map_name
+    }
+}
+
+/// The loaded programs, their attachments and the ring buffer drain.
+pub struct Session {
+    // Field order matters for drop: the ring buffer and links go before the object.
+    ring: RingBuffer<'static>,
+    probes: Vec<Box<dyn Probe>>,
+    object: Object,
+    inbox: Arc<Mutex<Vec<Record>>>,
+    malformed: Arc<AtomicU64>,
+    pending_blocks: HashMap<u32, RawSample>,
+    unmatched_wakes: u64,
+    pending_dropped: u64,
+    online: Vec<u32>,
+    off_cpu_hook: Option<OffCpuHook>,
+}
+
+impl Session {
+    /// Open, size from `plan`, load, attach every probe the configuration enables.
+    pub fn start(
+        config: &ProbeConfig,
+        plan: &MapPlan,
+        features: &KernelFeatures,
+        online: &CpuSet,
+    ) -> Result<Session, ProbeError> {
+        let mut probes = Vec::new();
+        for (name, factory) in REGISTRY {
+            if let Some(probe) = factory(config, features)? {
+                info!(probe = name, "probe enabled");
+                probes.push(probe);
+            }
+        }
+        let off_cpu_hook = if config.off_cpu_probability > 0.0 { features.off_cpu_hook() } else { None };
+        let wanted_programs: Vec<&str> = probes.iter().flat_map(|p| p.programs()).collect();
+
+        let mut open = ObjectBuilder::default()
+            .name("kestrel")
+            .map_err(ProbeError::Open)?
+            .open_memory(KESTREL_OBJECT)
+            .map_err(ProbeError::Open)?;
+        for mut map in open.maps_mut() {
+            let name = map.name().to_string_lossy().into_owned();
+            if name.ends_with(".rodata") {
+                let bytes = encode_config(config, off_cpu_hook);
+                let value = map.initial_value_mut().ok_or_else(|| ProbeError::Load(".rodata has no initial value".into()))?;
+                if value.len() != bytes.len() {
+                    return Err(ProbeError::Load(format!(
+                        ".rodata is {} bytes but this binary writes {}: the BPF object and binary disagree",
+                        value.len(),
+                        bytes.len()
+                    )));
+                }
+                value.copy_from_slice(&bytes);
+                continue;
+            }
+            match plan.get(plan_name(&name)) {
+                None => map.set_autocreate(false).map_err(|source| ProbeError::Size { map: name.clone(), source })?,
+                Some(row) => {
+                    // Task storage must have max_entries 0; every other size comes from the plan.
+                    if map.map_type() != MapType::TaskStorage {
+                        map.set_max_entries(row.max_entries)
+                            .map_err(|source| ProbeError::Size { map: name.clone(), source })?;
+                    }
+                }
+            }
+        }
+        for mut prog in open.progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            prog.set_autoload(wanted_programs.contains(&name.as_str()));
+        }
+        for name in ["events", "scratch", "counters"] {
+            if plan.get(name).is_none() {
+                return Err(ProbeError::MissingPlanRow(name.into()));
+            }
+        }
+        let object = open.load().map_err(|e| ProbeError::Load(explain_load_error(&e)))?;
+
+        if !config.pids.is_empty() {
+            let filter = object
+                .maps()
+                .find(|m| m.name() == "pid_filter")
+                .ok_or_else(|| ProbeError::MissingPlanRow("pid_filter".into()))?;
+            for pid in &config.pids {
+                filter
+                    .update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY)
+                    .map_err(|source| ProbeError::Map { map: "pid_filter".into(), source })?;
+            }
+        }
+
+        let inbox: Arc<Mutex<Vec<Record>>> = Arc::new(Mutex::new(Vec::new()));
+        let malformed = Arc::new(AtomicU64::new(0));
+        let ring = {
+            let events = object
+                .maps()
+                .find(|m| m.name() == "events")
+                .ok_or_else(|| ProbeError::MissingPlanRow("events".into()))?;
+            let mut builder = RingBufferBuilder::new();
+            let sink = Arc::clone(&inbox);
+            let bad = Arc::clone(&malformed);
+            builder
+                .add(&events, move |bytes: &[u8]| {
+                    match parse_record(bytes) {
+                        Ok(record) => match sink.lock() {
+                            Ok(mut v) => v.push(record),
+                            Err(poisoned) => poisoned.into_inner().push(record),
+                        },
+                        Err(_) => {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    0
+                })
+                .map_err(|source| ProbeError::Map { map: "events".into(), source })?;
+            builder.build().map_err(|source| ProbeError::Map { map: "events".into(), source })?
+        };
+
+        let online: Vec<u32> = online.iter().collect();
+        let mut session = Session {
+            ring,
+            probes,
+            object,
+            inbox,
+            malformed,
+            pending_blocks: HashMap::new(),
+            unmatched_wakes: 0,
+            pending_dropped: 0,
+            online: online.clone(),
+            off_cpu_hook,
+        };
+        for probe in &mut session.probes {
+            probe.attach(&session.object, &online)?;
+            info!(probe = probe.name(), attachments = probe.attachments(), "probe attached");
+        }
+        Ok(session)
+    }
+
+    /// The off-CPU hook in use, when off-CPU is enabled.
+    pub fn off_cpu_hook(&self) -> Option<OffCpuHook> {
+        self.off_cpu_hook
+    }
+
+    /// The CPUs currently sampled.
+    pub fn online_cpus(&self) -> &[u32] {
+        &self.online
+    }
+
+    /// Names and attachment counts of the running probes.
+    pub fn probes(&self) -> Vec<(&'static str, usize)> {
+        self.probes.iter().map(|p| (p.name(), p.attachments())).collect()
+    }
+
+    /// Move every record the ring buffer holds into `out` as complete samples:
+    /// on-CPU samples directly, off-CPU waits once their wake record arrives.
+    pub fn drain(&mut self, out: &mut Vec<RawSample>) -> Result<usize, ProbeError> {
+        self.ring.consume().map_err(|source| ProbeError::Map { map: "events".into(), source })?;
+        let records = match self.inbox.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        let before = out.len();
+        for record in records {
+            match record {
+                Record::Stack { block: false, sample } => out.push(sample),
+                Record::Stack { block: true, sample } => {
+                    if self.pending_blocks.len() >= MAX_PENDING_BLOCKS {
+                        self.shed_pending();
+                    }
+                    // A newer block replaces an older one of the same thread: the
+                    // older wait ended below the minimum duration.
+                    self.pending_blocks.insert(sample.tid, sample);
+                }
+                Record::Wake { tid, timestamp_ns, delta_ns, .. } => {
+                    let start = timestamp_ns.saturating_sub(delta_ns);
+                    match self.pending_blocks.remove(&tid) {
+                        Some(mut block) if block.value == start => {
+                            block.kind = SampleKind::OffCpu;
+                            block.value = delta_ns;
+                            out.push(block);
+                        }
+                        Some(block) => {
+                            // Not this wait's block: keep it for its own wake.
+                            self.unmatched_wakes += 1;
+                            if block.value > start {
+                                self.pending_blocks.insert(tid, block);
+                            }
+                        }
+                        None => self.unmatched_wakes += 1,
+                    }
+                }
+            }
+        }
+        Ok(out.len() - before)
+    }
+
+    /// Report the waits still in progress as ending at `now_ns` (CLOCK_MONOTONIC),
+    /// so a recording that stops while threads sleep still shows where they wait.
+    pub fn flush_in_flight(&mut self, now_ns: u64, out: &mut Vec<RawSample>) {
+        for (_, mut block) in self.pending_blocks.drain() {
+            if now_ns > block.value {
+                block.value = now_ns - block.value;
+                block.kind = SampleKind::OffCpu;
+                out.push(block);
+            }
+        }
+    }
+
+    fn shed_pending(&mut self) {
+        let mut starts: Vec<u64> = self.pending_blocks.values().map(|b| b.value).collect();
+        starts.sort_unstable();
+        let cutoff = starts[starts.len() / 2];
+        let before = self.pending_blocks.len();
+        self.pending_blocks.retain(|_, b| b.value > cutoff);
+        let dropped = before - self.pending_blocks.len();
+        self.pending_dropped += dropped as u64;
+        warn!(dropped, "too many threads waiting at once; oldest off-CPU waits dropped");
+    }
+
+    /// Read the BPF counters.
+    pub fn counters(&self) -> Result<Counters, ProbeError> {
+        let map = self
+            .object
+            .maps()
+            .find(|m| m.name() == "counters")
+            .ok_or_else(|| ProbeError::MissingPlanRow("counters".into()))?;
+        let mut values = [0u64; 16];
+        for (i, v) in values.iter_mut().enumerate() {
+            let key = (i as u32).to_ne_bytes();
+            let bytes = map
+                .lookup(&key, MapFlags::ANY)
+                .map_err(|source| ProbeError::Map { map: "counters".into(), source })?;
+            if let Some(b) = bytes {
+                if b.len() >= 8 {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(&b[..8]);
+                    *v = u64::from_ne_bytes(a);
+                }
+            }
+        }
+        Ok(Counters {
+            on_cpu_seen: values[0],
+            on_cpu_sent: values[1],
+            idle_skipped: values[2],
+            ringbuf_lost: values[3],
+            kernel_stack_errors: values[4],
+            user_stack_errors: values[5],
+            off_cpu_switches: values[6],
+            off_cpu_sampled: values[7],
+            off_cpu_wakes: values[8],
+            off_cpu_short: values[9],
+            off_cpu_store_full: values[10],
+            // A gauge updated with signed adds: reinterpret the two's complement.
+            off_cpu_in_flight: values[11] as i64,
+            off_cpu_exit_cleaned: values[12],
+            scratch_missing: values[13],
+            malformed_records: self.malformed.load(Ordering::Relaxed),
+            off_cpu_unmatched_wakes: self.unmatched_wakes,
+            off_cpu_pending_dropped: self.pending_dropped,
+        })
+    }
+
+    /// Kernel memory of every map Kestrel created, from fdinfo `memlock:`.
+    pub fn map_memory(&self) -> Vec<MapMemory> {
+        self.object
+            .maps()
+            .filter(|m| m.autocreate())
+            .map(|m| {
+                let name = m.name().to_string_lossy().into_owned();
+                let memlock_bytes = m.query_fdinfo().ok().and_then(|i| i.memlock).unwrap_or(0);
+                MapMemory {
+                    name: plan_name(&name).to_string(),
+                    map_type: format!("{:?}", m.map_type()),
+                    max_entries: m.max_entries(),
+                    memlock_bytes,
+                }
+            })
+            .collect()
+    }
+
+    /// Follow CPU hotplug: attach on CPUs that came online, detach from those that
+    /// went offline. Called on every poll; one small sysfs read.
+    pub fn sync_online_cpus(&mut self) -> Result<CpuChange, ProbeError> {
+        let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .map_err(|e| ProbeError::Topology(format!("/sys/devices/system/cpu/online: {e}")))?;
+        let now: Vec<u32> = CpuSet::parse(text.trim())
+            .map_err(|e| ProbeError::Topology(e.to_string()))?
+            .iter()
+            .collect();
+        let change = CpuChange {
+            added: now.iter().copied().filter(|c| !self.online.contains(c)).collect(),
+            removed: self.online.iter().copied().filter(|c| !now.contains(c)).collect(),
+        };
+        for &cpu in &change.removed {
+            for probe in &mut self.probes {
+                probe.cpu_offline(cpu);
+            }
+            info!(cpu, "CPU went offline: sampling on it stopped");
+        }
+        for &cpu in &change.added {
+            for probe in &mut self.probes {
+                probe.cpu_online(&self.object, cpu)?;
+            }
+            info!(cpu, "CPU came online: sampling on it started");
+        }
+        self.online = now;
+        Ok(change)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::skel::types;
+
+    #[test]
+    fn rust_and_c_agree_on_layouts() {
+        assert_eq!(std::mem::size_of::<types::kestrel_sample_header>(), crate::record::HEADER_BYTES);
+        assert_eq!(std::mem::size_of::<types::kestrel_sample_header>() as u32, kestrel_sizing::RECORD_HEADER_BYTES);
+        assert_eq!(std::mem::size_of::<types::kestrel_wake>() as u32, kestrel_sizing::WAKE_RECORD_BYTES);
+        assert_eq!(std::mem::size_of::<types::kestrel_config>() as u32, kestrel_sizing::RODATA_BYTES);
+        assert_eq!(std::mem::size_of::<types::kestrel_sample>() as u32, kestrel_sizing::RECORD_MAX_BYTES);
+        assert_eq!(types::kestrel_counter::KESTREL_NUM_COUNTERS as u32, kestrel_sizing::NUM_COUNTERS);
+    }
+
+    #[test]
+    fn config_threshold_spans_probability() {
+        let mut c = ProbeConfig { off_cpu_probability: 1.0, ..ProbeConfig::default() };
+        let b = encode_config(&c, Some(OffCpuHook::TpBtfTaskStorage));
+        assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), u32::MAX);
+        assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 1);
+        c.off_cpu_probability = 0.5;
+        let b = encode_config(&c, Some(OffCpuHook::RawTpHash));
+        let t = u32::from_le_bytes(b[20..24].try_into().unwrap());
+        assert!((t as f64 / u32::MAX as f64 - 0.5).abs() < 1e-6);
+        assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 0);
+    }
+}
