@@ -1,0 +1,129 @@
+//! The exporter plugin trait and the registry the agent builds sinks from.
+
+use std::time::Duration;
+
+use kestrel_model::Profile;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::ExportError;
+
+/// A sink the agent hands every report to.
+pub trait Exporter: Send {
+    /// The registry kind this exporter was built from (e.g. `pprof_dir`).
+    fn name(&self) -> &str;
+    /// Called once per report. Must not block on the network: slow sinks queue internally.
+    fn export(&mut self, profile: &Profile) -> Result<(), ExportError>;
+    /// Flush what is queued, waiting at most `deadline`.
+    fn shutdown(&mut self, deadline: Duration) -> Result<(), ExportError>;
+    fn stats(&self) -> ExporterStats;
+}
+
+/// Counters every exporter keeps, for self-metrics and `kestrel status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct ExporterStats {
+    /// Reports written or acknowledged by the receiver.
+    pub exported: u64,
+    /// Reports that failed for good (after retries, where the sink retries).
+    pub failed: u64,
+    /// Reports discarded without an attempt: the queue's byte bound, a report larger
+    /// than the sink's bound, or a shutdown deadline.
+    pub dropped: u64,
+    /// Encoded bytes waiting to be sent.
+    pub queued_bytes: u64,
+}
+
+type BuildFn = fn(&serde_json::Value) -> Result<Box<dyn Exporter>, ExportError>;
+
+/// Every exporter the agent can enable. Adding one is its module plus one line here.
+const REGISTRY: &[(&str, BuildFn)] = &[
+    ("pprof_dir", crate::dir::build_pprof_dir),
+    ("folded_dir", crate::dir::build_folded_dir),
+];
+
+/// The kinds [`build_exporter`] accepts.
+pub fn exporter_kinds() -> impl Iterator<Item = &'static str> {
+    REGISTRY.iter().map(|(kind, _)| *kind)
+}
+
+/// Builds the exporter `kind` from its configuration table (`[exporters.<kind>]` in
+/// config.toml, converted to JSON). Unknown keys are errors that name the key.
+pub fn build_exporter(
+    kind: &str,
+    config: &serde_json::Value,
+) -> Result<Box<dyn Exporter>, ExportError> {
+    match REGISTRY.iter().find(|(k, _)| *k == kind) {
+        Some((_, build)) => build(config),
+        None => Err(ExportError::UnknownExporter {
+            kind: kind.to_string(),
+            known: exporter_kinds().collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+/// Deserializes an exporter's typed configuration; a missing table means defaults.
+pub(crate) fn parse_config<T: DeserializeOwned>(
+    kind: &str,
+    config: &serde_json::Value,
+) -> Result<T, ExportError> {
+    let config = if config.is_null() {
+        serde_json::Value::Object(serde_json::Map::new())
+    } else {
+        config.clone()
+    };
+    serde_json::from_value(config).map_err(|e| ExportError::config(kind, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_kind_lists_the_known_ones() {
+        let err = build_exporter("kafka", &json!({}))
+            .err()
+            .expect("kafka is not an exporter");
+        let message = err.to_string();
+        assert!(message.contains("`kafka`"), "{message}");
+        for kind in exporter_kinds() {
+            assert!(message.contains(kind), "{message}");
+        }
+    }
+
+    #[test]
+    fn unknown_config_keys_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let cases = [
+            (
+                "pprof_dir",
+                json!({ "dir": path, "max_filez": 3 }),
+                "max_filez",
+            ),
+            (
+                "folded_dir",
+                json!({ "dir": path, "colour": "red" }),
+                "colour",
+            ),
+        ];
+        for (kind, config, key) in cases {
+            let message = build_exporter(kind, &config)
+                .err()
+                .unwrap_or_else(|| panic!("{kind} accepted the unknown key {key}"))
+                .to_string();
+            assert!(message.contains(kind) && message.contains(key), "{message}");
+        }
+    }
+
+    #[test]
+    fn known_kinds_build_from_valid_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_str().unwrap();
+        let pprof = build_exporter("pprof_dir", &json!({ "dir": path, "max_files": 2 })).unwrap();
+        assert_eq!(pprof.name(), "pprof_dir");
+        let folded = build_exporter("folded_dir", &json!({ "dir": path })).unwrap();
+        assert_eq!(folded.name(), "folded_dir");
+        assert_eq!(folded.stats(), ExporterStats::default());
+    }
+}
