@@ -653,11 +653,12 @@ fn off_cpu_row(inputs: &PlanInputs, possible: u32) -> MapRow {
                 formula: format!(
                     "in-flight tasks {bound}; bytes = {map} B map + {buckets} buckets × {bucket} B \
                      (roundup_pow_of_two({possible} possible CPUs), at least 2: scales with \
-                     possible CPUs) + tasks × {per_task} B per task (estimate: storage element \
+                     possible CPUs) + {tasks} tasks × {per_task} B per task (estimate: storage element \
                      + per-task anchor, which the kernel's memlock: does not report); \
                      max_entries 0 as the kernel requires",
                     map = cost::LOCAL_STORAGE_MAP_BYTES,
                     bucket = cost::LOCAL_STORAGE_BUCKET_BYTES,
+                    tasks = clamped.value,
                 ),
                 formula_inputs,
             }
@@ -864,6 +865,11 @@ mod tests {
             cost::LOCAL_STORAGE_MAP_BYTES + 128 * cost::LOCAL_STORAGE_BUCKET_BYTES
         );
         assert!(row.formula.contains("estimate"), "{}", row.formula);
+        assert!(
+            row.formula.contains("4096 tasks × 384 B"),
+            "{}",
+            row.formula
+        );
         assert!(row.formula.contains("possible CPUs"), "{}", row.formula);
     }
 
