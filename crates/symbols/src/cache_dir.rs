@@ -24,6 +24,9 @@ use tracing::warn;
 pub const STORE_DIR_NAME: &str = "symbols";
 const LOCK_FILE_NAME: &str = "symbols.lock";
 const MARKER_FILE_NAME: &str = "FORMAT";
+const CLEAN_FILE_NAME: &str = "CLEAN";
+const LOCK_ATTEMPTS: u32 = 20;
+const LOCK_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The default cache directory: `/var/cache/kestrel` for root,
 /// `$XDG_CACHE_HOME/kestrel` or `~/.cache/kestrel` for other users.
@@ -102,17 +105,27 @@ fn lock_file(path: &Path) -> Result<File, String> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    // A child forked by any thread of this process holds a copy of a previous
+    // lock descriptor until it execs; give such a transient holder a moment.
+    let mut attempts = 0;
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(file);
+        }
         let err = io::Error::last_os_error();
+        attempts += 1;
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) && attempts < LOCK_ATTEMPTS {
+            std::thread::sleep(LOCK_RETRY_INTERVAL);
+            continue;
+        }
         return Err(format!(
             "cache directory is in use by another process ({} is locked: {err}); stop it or give \
              each agent its own cache_dir",
             path.display()
         ));
     }
-    Ok(file)
 }
 
 fn foreign_reason(store: &Path, layout: &str) -> Option<String> {
@@ -168,6 +181,23 @@ fn create_store_dir(store: &Path, layout: &str) -> io::Result<()> {
         .open(store.join(MARKER_FILE_NAME))?;
     writeln!(marker, "{layout}")?;
     marker.sync_all()
+}
+
+/// Removes the "closed cleanly" marker; returns whether it was there.
+pub fn take_clean_marker(store: &Path) -> bool {
+    fs::remove_file(store.join(CLEAN_FILE_NAME)).is_ok()
+}
+
+/// Marks the store as closed cleanly (after its last write reached the disk).
+pub fn put_clean_marker(store: &Path) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(store.join(CLEAN_FILE_NAME))?;
+    file.sync_all()
 }
 
 /// Bytes the files of the store directory occupy on disk (allocated blocks, so

@@ -14,7 +14,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use foyer::{
@@ -293,6 +293,25 @@ impl Code for SymbolValue {
     }
 }
 
+/// Key of the canary entry written at every clean close (a FileId no real
+/// source can have: identities are 128-bit hashes).
+const CANARY_KEY: FrameKey = FrameKey {
+    file: FileId(0),
+    address_or_line: 0x6b65_7374_7265_6c00,
+};
+
+fn canary_value(layout: &str) -> SymbolValue {
+    SymbolValue::new(vec![SymbolFrame {
+        function: Some(Arc::from("kestrel-symbols disk tier canary")),
+        file: Some(Arc::from(layout)),
+        line: None,
+    }])
+}
+
+async fn canary_intact(cache: &HybridCache<FrameKey, SymbolValue>, layout: &str) -> bool {
+    matches!(cache.get(&CANARY_KEY).await, Ok(Some(entry)) if *entry.value() == canary_value(layout))
+}
+
 /// Sizes and place of the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -347,6 +366,9 @@ pub struct SymbolStore {
     /// Held for the lock and the path; `None` when memory-only.
     dir: Option<PreparedDir>,
     disk_capacity: u64,
+    /// Describes the disk layout; also the canary's content.
+    layout: String,
+    warned_disk_error: AtomicBool,
 }
 
 impl std::fmt::Debug for SymbolStore {
@@ -394,28 +416,58 @@ impl SymbolStore {
         };
 
         if let Some(dir) = dir {
-            match Self::build(memory_bytes, Some((&dir.path, disk_bytes)), &counters).await {
-                Ok(cache) => return Ok(Self::assemble(cache, counters, Some(dir), disk_bytes)),
-                Err(e) => {
-                    warn!(error = %e, dir = %dir.path.display(), "symbol store disk tier failed to open; rebuilding it");
-                }
-            }
-            match cache_dir::rebuild(&dir, &layout) {
-                Ok(()) => match Self::build(memory_bytes, Some((&dir.path, disk_bytes)), &counters)
-                    .await
-                {
-                    Ok(cache) => return Ok(Self::assemble(cache, counters, Some(dir), disk_bytes)),
-                    Err(e) => {
-                        warn!(error = %e, "symbol store disk tier failed again; running memory-only")
-                    }
-                },
-                Err(e) => {
-                    warn!(error = %e, "cannot rebuild symbol store directory; running memory-only")
-                }
+            let disk = (dir.path.as_path(), disk_bytes);
+            if let Some(cache) = Self::open_disk(memory_bytes, &dir, disk, &layout, &counters).await
+            {
+                return Ok(Self::assemble(
+                    cache,
+                    counters,
+                    Some(dir),
+                    disk_bytes,
+                    layout,
+                ));
             }
         }
         let cache = Self::build(memory_bytes, None, &counters).await?;
-        Ok(Self::assemble(cache, counters, None, 0))
+        Ok(Self::assemble(cache, counters, None, 0, layout))
+    }
+
+    /// Opens the disk tier, checking that a tier closed cleanly still holds what
+    /// it held (foyer's recovery skips unreadable blocks without a word, so the
+    /// canary written at close is the only way to notice). A damaged tier is
+    /// rebuilt once; `None` (with a warning) means run memory-only.
+    async fn open_disk(
+        memory_bytes: usize,
+        dir: &PreparedDir,
+        disk: (&Path, u64),
+        layout: &str,
+        counters: &Arc<Counters>,
+    ) -> Option<HybridCache<FrameKey, SymbolValue>> {
+        let closed_cleanly = cache_dir::take_clean_marker(&dir.path);
+        let problem = match Self::build(memory_bytes, Some(disk), counters).await {
+            Ok(cache) => {
+                if !closed_cleanly || canary_intact(&cache, layout).await {
+                    return Some(cache);
+                }
+                // Nothing to flush: the tier is being thrown away.
+                let _ = cache.close().await;
+                "entries written before the last clean shutdown are gone or unreadable (corrupted block files?)"
+                    .to_string()
+            }
+            Err(e) => format!("foyer cannot open it: {e}"),
+        };
+        warn!(dir = %dir.path.display(), reason = problem, "symbol store disk tier is damaged; rebuilding it");
+        if let Err(e) = cache_dir::rebuild(dir, layout) {
+            warn!(error = %e, dir = %dir.path.display(), "cannot rebuild the symbol store directory; running memory-only");
+            return None;
+        }
+        match Self::build(memory_bytes, Some(disk), counters).await {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                warn!(error = %e, dir = %dir.path.display(), "symbol store disk tier failed again; running memory-only");
+                None
+            }
+        }
     }
 
     fn assemble(
@@ -423,12 +475,15 @@ impl SymbolStore {
         counters: Arc<Counters>,
         dir: Option<PreparedDir>,
         disk_capacity: u64,
+        layout: String,
     ) -> SymbolStore {
         SymbolStore {
             cache,
             counters,
             dir,
             disk_capacity,
+            layout,
+            warned_disk_error: AtomicBool::new(false),
         }
     }
 
@@ -493,7 +548,9 @@ impl SymbolStore {
             Err(e) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "symbol store disk read failed");
+                if !self.warned_disk_error.swap(true, Ordering::Relaxed) {
+                    warn!(error = %e, dir = ?self.dir(), "symbol store disk tier read failed (corrupted block?); the entry is symbolized again");
+                }
                 None
             }
         }
@@ -517,9 +574,19 @@ impl SymbolStore {
         self.cache.storage().wait().await;
     }
 
-    /// Flushes and closes the disk tier.
+    /// Writes the canary, flushes and closes the disk tier, and marks it closed
+    /// cleanly so the next open can tell a damaged tier from a crashed agent.
     pub async fn close(&self) -> Result<(), foyer::Error> {
-        self.cache.close().await
+        if self.dir.is_some() {
+            self.cache.insert(CANARY_KEY, canary_value(&self.layout));
+        }
+        self.cache.close().await?;
+        if let Some(dir) = &self.dir {
+            if let Err(e) = cache_dir::put_clean_marker(&dir.path) {
+                warn!(error = %e, dir = %dir.path.display(), "cannot mark the symbol store as closed cleanly");
+            }
+        }
+        Ok(())
     }
 
     /// The store directory, when the disk tier is on.
