@@ -126,6 +126,7 @@ impl RotatingDir {
             return Err(ExportError::ReportTooLarge {
                 bytes,
                 max_bytes: self.max_bytes,
+                setting: "max_bytes",
             });
         }
         let paths = self.new_paths(start, files)?;

@@ -30,8 +30,12 @@ pub enum ExportError {
     #[error("unknown exporter `{kind}`; known exporters: {known}")]
     UnknownExporter { kind: String, known: String },
 
-    #[error("a report of {bytes} bytes is larger than max_bytes = {max_bytes}; raise max_bytes so at least one report fits")]
-    ReportTooLarge { bytes: u64, max_bytes: u64 },
+    #[error("a report of {bytes} bytes is larger than {setting} = {max_bytes}; raise {setting} so at least one report fits")]
+    ReportTooLarge {
+        bytes: u64,
+        max_bytes: u64,
+        setting: &'static str,
+    },
 
     #[error("the OTLP sender thread is gone ({0}); the exporter must be rebuilt")]
     SenderGone(String),

@@ -39,6 +39,7 @@ type BuildFn = fn(&serde_json::Value) -> Result<Box<dyn Exporter>, ExportError>;
 const REGISTRY: &[(&str, BuildFn)] = &[
     ("pprof_dir", crate::dir::build_pprof_dir),
     ("folded_dir", crate::dir::build_folded_dir),
+    ("otlp", crate::otlp::build_otlp),
 ];
 
 /// The kinds [`build_exporter`] accepts.

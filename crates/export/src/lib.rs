@@ -12,13 +12,16 @@ mod exporter;
 mod flamegraph;
 mod folded;
 mod frames;
+pub mod otlp;
 pub mod pprof;
+mod random;
 
 pub use dir::{FoldedDirConfig, FoldedDirExporter, PprofDirConfig, PprofDirExporter};
 pub use error::ExportError;
 pub use exporter::{build_exporter, exporter_kinds, Exporter, ExporterStats};
 pub use flamegraph::flamegraph_svg;
 pub use folded::{folded, FoldedValue};
+pub use otlp::{to_otlp_request, OtlpCompression, OtlpConfig, OtlpExporter, ResourceInfo};
 pub use pprof::{decode_pprof, encode_pprof, encode_pprof_raw, PprofProfile};
 
 #[cfg(test)]
