@@ -22,6 +22,7 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+#define PF_EXITING 0x00000004
 #define PF_KTHREAD 0x00200000
 
 const volatile struct kestrel_config CONFIG = {};
@@ -237,8 +238,10 @@ static __always_inline bool blocking_switch_out(bool preempt, struct task_struct
 		return false;
 	*tid = BPF_CORE_READ(prev, pid);
 	*tgid = BPF_CORE_READ(prev, tgid);
-	/* The idle task and kernel threads "wait" whenever there is nothing to do. */
-	if (*tid == 0 || (BPF_CORE_READ(prev, flags) & PF_KTHREAD))
+	/* The idle task and kernel threads "wait" whenever there is nothing to do.
+	 * An exiting task's last switch-out is no wait: it never wakes, and its entry
+	 * would outlive it (sched_process_exit has already run by then). */
+	if (*tid == 0 || (BPF_CORE_READ(prev, flags) & (PF_KTHREAD | PF_EXITING)))
 		return false;
 	if (!wanted(*tgid))
 		return false;

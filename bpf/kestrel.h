@@ -94,4 +94,11 @@ struct kestrel_config {
 	__u32 reserved[7];
 };
 
+/* The Rust side (kestrel-sizing, kestrel-probes::record) relies on these sizes. */
+_Static_assert(sizeof(struct kestrel_sample_header) == 48, "RECORD_HEADER_BYTES");
+_Static_assert(sizeof(struct kestrel_wake) == 32, "WAKE_RECORD_BYTES");
+_Static_assert(sizeof(struct kestrel_config) == 64, "RODATA_BYTES");
+_Static_assert(sizeof(struct kestrel_sample) == 48 + 2 * 127 * 8, "RECORD_MAX_BYTES");
+_Static_assert(KESTREL_NUM_COUNTERS == 16, "NUM_COUNTERS");
+
 #endif /* KESTREL_H */

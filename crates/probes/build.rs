@@ -8,7 +8,8 @@ use libbpf_cargo::SkeletonBuilder;
 const OBJECTS: &[&str] = &["kestrel", "feature_probe"];
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let bpf_dir = manifest_dir.join("../../bpf");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let include = format!("-I{}", bpf_dir.display());
@@ -32,6 +33,12 @@ fn main() {
         }
         println!("cargo:rerun-if-changed={}", source.display());
     }
-    println!("cargo:rerun-if-changed={}", bpf_dir.join("kestrel.h").display());
-    println!("cargo:rerun-if-changed={}", bpf_dir.join("vmlinux.h").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        bpf_dir.join("kestrel.h").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        bpf_dir.join("vmlinux.h").display()
+    );
 }

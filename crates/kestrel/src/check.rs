@@ -13,11 +13,31 @@ use crate::cli::CheckArgs;
 /// Capability bits (linux/capability.h) Kestrel cares about, and what lacking
 /// each one disables.
 pub const CAPABILITIES: &[(&str, u32, &str)] = &[
-    ("CAP_BPF", 39, "loading BPF programs and creating maps (or CAP_SYS_ADMIN)"),
-    ("CAP_PERFMON", 38, "perf_event sampling and tracing programs (or CAP_SYS_ADMIN)"),
-    ("CAP_SYS_ADMIN", 21, "nothing if CAP_BPF and CAP_PERFMON are held; otherwise everything"),
-    ("CAP_SYS_PTRACE", 19, "reading other users' /proc/PID/maps and their executables for symbols"),
-    ("CAP_SYSLOG", 34, "kernel symbol addresses in /proc/kallsyms (kernel frames show as addresses)"),
+    (
+        "CAP_BPF",
+        39,
+        "loading BPF programs and creating maps (or CAP_SYS_ADMIN)",
+    ),
+    (
+        "CAP_PERFMON",
+        38,
+        "perf_event sampling and tracing programs (or CAP_SYS_ADMIN)",
+    ),
+    (
+        "CAP_SYS_ADMIN",
+        21,
+        "nothing if CAP_BPF and CAP_PERFMON are held; otherwise everything",
+    ),
+    (
+        "CAP_SYS_PTRACE",
+        19,
+        "reading other users' /proc/PID/maps and their executables for symbols",
+    ),
+    (
+        "CAP_SYSLOG",
+        34,
+        "kernel symbol addresses in /proc/kallsyms (kernel frames show as addresses)",
+    ),
 ];
 
 #[derive(Debug, Serialize)]
@@ -39,7 +59,11 @@ pub fn capabilities() -> Vec<Capability> {
         .unwrap_or(0);
     CAPABILITIES
         .iter()
-        .map(|&(name, bit, needed_for)| Capability { name, held: eff & (1u64 << bit) != 0, needed_for })
+        .map(|&(name, bit, needed_for)| Capability {
+            name,
+            held: eff & (1u64 << bit) != 0,
+            needed_for,
+        })
         .collect()
 }
 
@@ -79,14 +103,42 @@ pub fn report() -> CheckReport {
     }
     let need = |o: &Outcome, what: &str, fix: &str, problems: &mut Vec<String>| {
         if !o.ok {
-            problems.push(format!("{what} failed ({}): {fix}", o.error.as_deref().unwrap_or("unknown error")));
+            problems.push(format!(
+                "{what} failed ({}): {fix}",
+                o.error.as_deref().unwrap_or("unknown error")
+            ));
         }
     };
-    need(&features.btf, "BTF", "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Kestrel's programs are CO-RE).", &mut problems);
-    need(&features.bpf_syscall, "bpf()", "run as root or with CAP_BPF; check kernel.unprivileged_bpf_disabled and seccomp.", &mut problems);
-    need(&features.perf_event_program, "Loading a perf_event program", "needs CAP_PERFMON (or root) and CONFIG_BPF_EVENTS.", &mut problems);
-    need(&features.ringbuf_map, "Creating a ring buffer", "needs Linux 5.8 or newer.", &mut problems);
-    need(&features.cpu_clock_event, "Opening the cpu-clock perf event", "needs CAP_PERFMON (or root) and kernel.perf_event_paranoid <= 2 for non-root.", &mut problems);
+    need(
+        &features.btf,
+        "BTF",
+        "use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Kestrel's programs are CO-RE).",
+        &mut problems,
+    );
+    need(
+        &features.bpf_syscall,
+        "bpf()",
+        "run as root or with CAP_BPF; check kernel.unprivileged_bpf_disabled and seccomp.",
+        &mut problems,
+    );
+    need(
+        &features.perf_event_program,
+        "Loading a perf_event program",
+        "needs CAP_PERFMON (or root) and CONFIG_BPF_EVENTS.",
+        &mut problems,
+    );
+    need(
+        &features.ringbuf_map,
+        "Creating a ring buffer",
+        "needs Linux 5.8 or newer.",
+        &mut problems,
+    );
+    need(
+        &features.cpu_clock_event,
+        "Opening the cpu-clock perf event",
+        "needs CAP_PERFMON (or root) and kernel.perf_event_paranoid <= 2 for non-root.",
+        &mut problems,
+    );
     if features.off_cpu_hook().is_none() {
         problems.push(
             "Neither tp_btf nor raw_tp on sched_switch loads: off-CPU profiling is unavailable (set off_cpu.probability = 0)."
@@ -96,9 +148,18 @@ pub fn report() -> CheckReport {
     CheckReport {
         kernel_release: kernel_release(),
         lockdown: lockdown_mode(),
-        online_cpus: topology.as_ref().map(|t| t.online.to_string()).unwrap_or_default(),
-        possible_cpus: topology.as_ref().map(|t| t.possible.to_string()).unwrap_or_default(),
-        present_cpus: topology.as_ref().map(|t| t.present.to_string()).unwrap_or_default(),
+        online_cpus: topology
+            .as_ref()
+            .map(|t| t.online.to_string())
+            .unwrap_or_default(),
+        possible_cpus: topology
+            .as_ref()
+            .map(|t| t.possible.to_string())
+            .unwrap_or_default(),
+        present_cpus: topology
+            .as_ref()
+            .map(|t| t.present.to_string())
+            .unwrap_or_default(),
         off_cpu_hook: features.off_cpu_hook().map(|h| h.program_name()),
         features,
         capabilities: caps,
@@ -122,30 +183,75 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
     } else {
         let mut out = String::new();
         out.push_str(&format!("kernel          {}\n", r.kernel_release));
-        out.push_str(&format!("lockdown        {}\n", r.lockdown.as_deref().unwrap_or("not reported")));
+        out.push_str(&format!(
+            "lockdown        {}\n",
+            r.lockdown.as_deref().unwrap_or("not reported")
+        ));
         out.push_str(&format!(
             "CPUs            online {}  possible {}  present {}\n\n",
             r.online_cpus, r.possible_cpus, r.present_cpus
         ));
         out.push_str("BPF (each tried for real):\n");
         let f = &r.features;
-        line(&mut out, "BTF (/sys/kernel/btf/vmlinux)", &f.btf, "required");
+        line(
+            &mut out,
+            "BTF (/sys/kernel/btf/vmlinux)",
+            &f.btf,
+            "required",
+        );
         line(&mut out, "bpf() syscall", &f.bpf_syscall, "required");
-        line(&mut out, "perf_event program", &f.perf_event_program, "required: on-CPU sampling");
-        line(&mut out, "cpu-clock perf event", &f.cpu_clock_event, "required: on-CPU sampling");
+        line(
+            &mut out,
+            "perf_event program",
+            &f.perf_event_program,
+            "required: on-CPU sampling",
+        );
+        line(
+            &mut out,
+            "cpu-clock perf event",
+            &f.cpu_clock_event,
+            "required: on-CPU sampling",
+        );
         line(&mut out, "ring buffer map", &f.ringbuf_map, "required");
-        line(&mut out, "tp_btf/sched_switch", &f.tp_btf_program, "off-CPU, preferred");
-        line(&mut out, "task storage map", &f.task_storage_map, "off-CPU in-flight state, preferred");
-        line(&mut out, "raw_tp/sched_switch", &f.raw_tp_program, "off-CPU fallback");
-        line(&mut out, "fentry", &f.fentry_program, "not used by Kestrel; reported for comparison");
-        out.push_str(&format!("  off-CPU will use: {}\n\n", r.off_cpu_hook.unwrap_or("nothing (unavailable)")));
+        line(
+            &mut out,
+            "tp_btf/sched_switch",
+            &f.tp_btf_program,
+            "off-CPU, preferred",
+        );
+        line(
+            &mut out,
+            "task storage map",
+            &f.task_storage_map,
+            "off-CPU in-flight state, preferred",
+        );
+        line(
+            &mut out,
+            "raw_tp/sched_switch",
+            &f.raw_tp_program,
+            "off-CPU fallback",
+        );
+        line(
+            &mut out,
+            "fentry",
+            &f.fentry_program,
+            "not used by Kestrel; reported for comparison",
+        );
+        out.push_str(&format!(
+            "  off-CPU will use: {}\n\n",
+            r.off_cpu_hook.unwrap_or("nothing (unavailable)")
+        ));
         out.push_str("capabilities (effective):\n");
         for c in &r.capabilities {
             out.push_str(&format!(
                 "  {:<15} {:<4} {}\n",
                 c.name,
                 if c.held { "yes" } else { "no" },
-                if c.held { String::new() } else { format!("without it: no {}", c.needed_for) }
+                if c.held {
+                    String::new()
+                } else {
+                    format!("without it: no {}", c.needed_for)
+                }
             ));
         }
         if r.problems.is_empty() {
@@ -158,5 +264,9 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
         }
         print!("{out}");
     }
-    Ok(if r.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

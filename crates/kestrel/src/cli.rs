@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "kestrel", version, about = "Continuous eBPF profiler with bounded, explainable memory")]
+#[command(
+    name = "kestrel",
+    version,
+    about = "Continuous eBPF profiler with bounded, explainable memory"
+)]
 pub struct Cli {
     /// Configuration file (TOML); also KESTREL_CONFIG. Defaults: see config.toml.
     #[arg(long, global = true, value_name = "FILE")]
@@ -170,7 +174,9 @@ struct OffCpuOverrides {
 
 impl OffCpuOverrides {
     fn is_empty(&self) -> bool {
-        self.probability.is_none() && self.min_duration_us.is_none() && self.sched_events_per_cpu_s.is_none()
+        self.probability.is_none()
+            && self.min_duration_us.is_none()
+            && self.sched_events_per_cpu_s.is_none()
     }
 }
 

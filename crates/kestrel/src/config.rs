@@ -50,6 +50,9 @@ pub struct OffCpu {
     /// Upper bound on context switches per CPU per second that the in-flight
     /// table and ring buffer are sized for.
     pub sched_events_per_cpu_s: u32,
+    /// `auto` (tp_btf + task storage where allowed, else raw_tp + hash), `tp_btf`
+    /// or `raw_tp`.
+    pub hook: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,37 +107,71 @@ impl Default for Config {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { frequency_hz: 19, stack_depth: 127, poll_interval_ms: 250, pids: Vec::new(), profile_self: false }
+        Sampling {
+            frequency_hz: 19,
+            stack_depth: 127,
+            poll_interval_ms: 250,
+            pids: Vec::new(),
+            profile_self: false,
+        }
     }
 }
 
 impl Default for OffCpu {
     fn default() -> Self {
-        OffCpu { probability: 0.0, min_duration_us: 0, sched_events_per_cpu_s: 1000 }
+        OffCpu {
+            probability: 0.0,
+            min_duration_us: 0,
+            sched_events_per_cpu_s: 1000,
+            hook: "auto".into(),
+        }
     }
 }
 
 impl Default for Memory {
     fn default() -> Self {
-        Memory { bpf_cap_bytes: 8 * 1024 * 1024 }
+        Memory {
+            bpf_cap_bytes: 8 * 1024 * 1024,
+        }
     }
 }
 
 impl Default for Record {
     fn default() -> Self {
-        Record { duration_s: 10.0, output_dir: PathBuf::from("./kestrel-out") }
+        Record {
+            duration_s: 10.0,
+            output_dir: PathBuf::from("./kestrel-out"),
+        }
     }
 }
 
 impl Default for Symbols {
     fn default() -> Self {
-        Symbols { cache_dir: PathBuf::new(), memory_bytes: 32 * 1024 * 1024, disk_bytes: 256 * 1024 * 1024 }
+        Symbols {
+            cache_dir: PathBuf::new(),
+            memory_bytes: 32 * 1024 * 1024,
+            disk_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into(), format: "human".into() }
+        Log {
+            level: "info".into(),
+            format: "human".into(),
+        }
+    }
+}
+
+impl OffCpu {
+    /// The forced hook, `None` for `auto` (validated before use).
+    pub fn forced_hook(&self) -> Option<kestrel_probes::OffCpuHook> {
+        match self.hook.as_str() {
+            "tp_btf" => Some(kestrel_probes::OffCpuHook::TpBtfTaskStorage),
+            "raw_tp" => Some(kestrel_probes::OffCpuHook::RawTpHash),
+            _ => None,
+        }
     }
 }
 
@@ -147,7 +184,8 @@ impl Sampling {
 /// Where the configuration file comes from: `--config`, else `KESTREL_CONFIG`,
 /// else none (built-in defaults; the root `config.toml` documents them).
 pub fn config_path(flag: Option<&Path>) -> Option<PathBuf> {
-    flag.map(Path::to_path_buf).or_else(|| std::env::var_os("KESTREL_CONFIG").map(PathBuf::from))
+    flag.map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("KESTREL_CONFIG").map(PathBuf::from))
 }
 
 /// Build the figment: defaults ← file ← env ← `overrides` (CLI flags, only those given).
@@ -158,12 +196,21 @@ pub fn figment(file: Option<&Path>, overrides: &impl Serialize) -> Result<Figmen
         // Read it first so an unreadable or missing file is an error (figment
         // would skip a missing one silently); Toml::file keeps the path as the
         // source that error messages name.
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the configuration file {}: check the path and its permissions", path.display()))?;
+        std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the configuration file {}: check the path and its permissions",
+                path.display()
+            )
+        })?;
         fig = fig.merge(Toml::file(path));
     }
     fig = fig
-        .merge(Env::prefixed("KESTREL_").ignore(&["CONFIG"]).split("__").lowercase(true))
+        .merge(
+            Env::prefixed("KESTREL_")
+                .ignore(&["CONFIG"])
+                .split("__")
+                .lowercase(true),
+        )
         .merge(Serialized::defaults(overrides));
     Ok(fig)
 }
@@ -205,29 +252,88 @@ fn validate(c: &Config, fig: &Figment) -> Result<()> {
     let mut problems = Vec::new();
     let mut check = |ok: bool, key: &str, value: String, allowed: &str| {
         if !ok {
-            problems.push(format!("  key `{key}` = {value} from {} is out of range: allowed {allowed}", source_of(fig, key)));
+            problems.push(format!(
+                "  key `{key}` = {value} from {} is out of range: allowed {allowed}",
+                source_of(fig, key)
+            ));
         }
     };
     let s = &c.sampling;
-    check((1..=10_000).contains(&s.frequency_hz), "sampling.frequency_hz", s.frequency_hz.to_string(), "1..=10000 Hz");
-    check((1..=127).contains(&s.stack_depth), "sampling.stack_depth", s.stack_depth.to_string(), "1..=127 frames");
-    check((10..=10_000).contains(&s.poll_interval_ms), "sampling.poll_interval_ms", s.poll_interval_ms.to_string(), "10..=10000 ms");
+    check(
+        (1..=10_000).contains(&s.frequency_hz),
+        "sampling.frequency_hz",
+        s.frequency_hz.to_string(),
+        "1..=10000 Hz",
+    );
+    check(
+        (1..=127).contains(&s.stack_depth),
+        "sampling.stack_depth",
+        s.stack_depth.to_string(),
+        "1..=127 frames",
+    );
+    check(
+        (10..=10_000).contains(&s.poll_interval_ms),
+        "sampling.poll_interval_ms",
+        s.poll_interval_ms.to_string(),
+        "10..=10000 ms",
+    );
     let p = c.off_cpu.probability;
-    check(p.is_finite() && (0.0..=1.0).contains(&p), "off_cpu.probability", p.to_string(), "0.0..=1.0 (0 disables off-CPU)");
+    check(
+        p.is_finite() && (0.0..=1.0).contains(&p),
+        "off_cpu.probability",
+        p.to_string(),
+        "0.0..=1.0 (0 disables off-CPU)",
+    );
     check(
         (1..=1_000_000).contains(&c.off_cpu.sched_events_per_cpu_s),
         "off_cpu.sched_events_per_cpu_s",
         c.off_cpu.sched_events_per_cpu_s.to_string(),
         "1..=1000000",
     );
-    check(c.memory.bpf_cap_bytes >= 1 << 20, "memory.bpf_cap_bytes", c.memory.bpf_cap_bytes.to_string(), ">= 1048576 (1 MiB)");
+    check(
+        ["auto", "tp_btf", "raw_tp"].contains(&c.off_cpu.hook.as_str()),
+        "off_cpu.hook",
+        format!("{:?}", c.off_cpu.hook),
+        "one of auto, tp_btf, raw_tp",
+    );
+    check(
+        c.memory.bpf_cap_bytes >= 1 << 20,
+        "memory.bpf_cap_bytes",
+        c.memory.bpf_cap_bytes.to_string(),
+        ">= 1048576 (1 MiB)",
+    );
     let d = c.record.duration_s;
-    check(d.is_finite() && d > 0.0 && d <= 86_400.0, "record.duration_s", d.to_string(), "0 < seconds <= 86400");
-    check(c.symbols.memory_bytes >= 1 << 20, "symbols.memory_bytes", c.symbols.memory_bytes.to_string(), ">= 1048576 (1 MiB)");
-    check(c.symbols.disk_bytes >= 1 << 20, "symbols.disk_bytes", c.symbols.disk_bytes.to_string(), ">= 1048576 (1 MiB)");
+    check(
+        d.is_finite() && d > 0.0 && d <= 86_400.0,
+        "record.duration_s",
+        d.to_string(),
+        "0 < seconds <= 86400",
+    );
+    check(
+        c.symbols.memory_bytes >= 1 << 20,
+        "symbols.memory_bytes",
+        c.symbols.memory_bytes.to_string(),
+        ">= 1048576 (1 MiB)",
+    );
+    check(
+        c.symbols.disk_bytes >= 1 << 20,
+        "symbols.disk_bytes",
+        c.symbols.disk_bytes.to_string(),
+        ">= 1048576 (1 MiB)",
+    );
     let levels = ["error", "warn", "info", "debug", "trace"];
-    check(levels.contains(&c.log.level.as_str()), "log.level", format!("{:?}", c.log.level), "one of error, warn, info, debug, trace");
-    check(["human", "json"].contains(&c.log.format.as_str()), "log.format", format!("{:?}", c.log.format), "one of human, json");
+    check(
+        levels.contains(&c.log.level.as_str()),
+        "log.level",
+        format!("{:?}", c.log.level),
+        "one of error, warn, info, debug, trace",
+    );
+    check(
+        ["human", "json"].contains(&c.log.format.as_str()),
+        "log.format",
+        format!("{:?}", c.log.format),
+        "one of human, json",
+    );
     if !problems.is_empty() {
         bail!("invalid configuration:\n{}", problems.join("\n"));
     }
@@ -252,7 +358,10 @@ mod tests {
     #[test]
     fn later_sources_win_and_env_nests_with_double_underscore() {
         Jail::expect_with(|jail| {
-            jail.create_file("k.toml", "[sampling]\nfrequency_hz = 49\nstack_depth = 64\n")?;
+            jail.create_file(
+                "k.toml",
+                "[sampling]\nfrequency_hz = 49\nstack_depth = 64\n",
+            )?;
             jail.set_env("KESTREL_SAMPLING__FREQUENCY_HZ", "97");
             let c = load(Some(Path::new("k.toml")), &NoOverrides::default()).unwrap();
             assert_eq!(c.sampling.frequency_hz, 97);
@@ -265,9 +374,18 @@ mod tests {
             struct CliSampling {
                 frequency_hz: u32,
             }
-            let c = load(Some(Path::new("k.toml")), &Cli { sampling: CliSampling { frequency_hz: 7 } }).unwrap();
+            let c = load(
+                Some(Path::new("k.toml")),
+                &Cli {
+                    sampling: CliSampling { frequency_hz: 7 },
+                },
+            )
+            .unwrap();
             assert_eq!(c.sampling.frequency_hz, 7);
-            assert_eq!(c.sampling.stack_depth, 64, "a flag not given must not override the file");
+            assert_eq!(
+                c.sampling.stack_depth, 64,
+                "a flag not given must not override the file"
+            );
             Ok(())
         });
     }
@@ -276,11 +394,18 @@ mod tests {
     fn unknown_keys_and_wrong_types_name_the_key_and_source() {
         Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "[sampling]\nfrequncy_hz = 49\n")?;
-            let e = load(Some(Path::new("bad.toml")), &NoOverrides::default()).unwrap_err().to_string();
+            let e = load(Some(Path::new("bad.toml")), &NoOverrides::default())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("frequncy_hz") && e.contains("bad.toml"), "{e}");
             jail.create_file("type.toml", "[off_cpu]\nprobability = \"high\"\n")?;
-            let e = load(Some(Path::new("type.toml")), &NoOverrides::default()).unwrap_err().to_string();
-            assert!(e.contains("off_cpu.probability") && e.contains("type.toml"), "{e}");
+            let e = load(Some(Path::new("type.toml")), &NoOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("off_cpu.probability") && e.contains("type.toml"),
+                "{e}"
+            );
             Ok(())
         });
     }
@@ -288,10 +413,21 @@ mod tests {
     #[test]
     fn out_of_range_values_name_key_source_and_range() {
         Jail::expect_with(|jail| {
-            jail.create_file("r.toml", "[sampling]\nfrequency_hz = 0\n[off_cpu]\nprobability = 1.5\n")?;
-            let e = load(Some(Path::new("r.toml")), &NoOverrides::default()).unwrap_err().to_string();
-            assert!(e.contains("sampling.frequency_hz") && e.contains("1..=10000"), "{e}");
-            assert!(e.contains("off_cpu.probability") && e.contains("0.0..=1.0"), "{e}");
+            jail.create_file(
+                "r.toml",
+                "[sampling]\nfrequency_hz = 0\n[off_cpu]\nprobability = 1.5\n",
+            )?;
+            let e = load(Some(Path::new("r.toml")), &NoOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("sampling.frequency_hz") && e.contains("1..=10000"),
+                "{e}"
+            );
+            assert!(
+                e.contains("off_cpu.probability") && e.contains("0.0..=1.0"),
+                "{e}"
+            );
             assert!(e.contains("r.toml"), "{e}");
             jail.set_env("KESTREL_SAMPLING__FREQUENCY_HZ", "20000");
             let e = load(None, &NoOverrides::default()).unwrap_err().to_string();
@@ -302,7 +438,11 @@ mod tests {
 
     #[test]
     fn unreadable_file_is_an_error() {
-        let e = load(Some(Path::new("/nonexistent/kestrel.toml")), &NoOverrides::default()).unwrap_err();
+        let e = load(
+            Some(Path::new("/nonexistent/kestrel.toml")),
+            &NoOverrides::default(),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/kestrel.toml"));
     }
 }

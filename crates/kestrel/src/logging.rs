@@ -8,16 +8,26 @@ use crate::cli::LogArgs;
 use crate::config::Config;
 
 pub fn init(config: &Config, args: &LogArgs) -> Result<()> {
-    let level = args.log_level.clone().unwrap_or_else(|| config.log.level.clone());
-    let format = args.log_format.clone().unwrap_or_else(|| config.log.format.clone());
+    let level = args
+        .log_level
+        .clone()
+        .unwrap_or_else(|| config.log.level.clone());
+    let format = args
+        .log_format
+        .clone()
+        .unwrap_or_else(|| config.log.format.clone());
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => EnvFilter::try_new(&spec)
             .map_err(|e| anyhow::anyhow!("RUST_LOG={spec:?} is not a valid filter: {e}"))?,
         _ => EnvFilter::try_new(&level).map_err(|e| {
-            anyhow::anyhow!("log level {level:?} is not valid ({e}): use error, warn, info, debug or trace")
+            anyhow::anyhow!(
+                "log level {level:?} is not valid ({e}): use error, warn, info, debug or trace"
+            )
         })?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match format.as_str() {
         "human" => builder.try_init(),
         "json" => builder.json().try_init(),

@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result};
 use kestrel_probes::{KernelFeatures, OffCpuHook};
-use kestrel_sizing::{plan, read_pid_max, reference_cost, MapPlan, OffCpuState, PlanInputs, ReferenceCost, Topology};
+use kestrel_sizing::{
+    plan, read_pid_max, reference_cost, MapPlan, OffCpuState, PlanInputs, ReferenceCost, Topology,
+};
 use serde::Serialize;
 
 use crate::cli::PlanArgs;
@@ -43,7 +45,8 @@ struct PlanReport<'a> {
 }
 
 pub fn run(config: &Config, args: &PlanArgs) -> Result<()> {
-    let detected = Topology::detect().context("detecting the CPU topology from /sys/devices/system/cpu")?;
+    let detected =
+        Topology::detect().context("detecting the CPU topology from /sys/devices/system/cpu")?;
     let topology = match (args.online, args.possible) {
         (None, None) => detected,
         (online, possible) => {
@@ -59,9 +62,16 @@ pub fn run(config: &Config, args: &PlanArgs) -> Result<()> {
     // What the kernel allows decides the in-flight store; probing needs root, and
     // a plan for another machine assumes task storage (any 5.11+ kernel).
     let state = if args.online.is_some() || args.possible.is_some() {
-        OffCpuState::TaskStorage
+        match config.off_cpu.forced_hook() {
+            Some(OffCpuHook::RawTpHash) => OffCpuState::Hash,
+            _ => OffCpuState::TaskStorage,
+        }
     } else {
-        off_cpu_state(KernelFeatures::probe().off_cpu_hook())
+        let probe_config = crate::record::probe_config(config);
+        off_cpu_state(
+            kestrel_probes::features::choose_off_cpu_hook(&probe_config, &KernelFeatures::probe())
+                .unwrap_or(None),
+        )
     };
     let mut inputs = inputs(config, topology, state);
     inputs.pid_filter_len = inputs.pid_filter_len.max(args.pids);
@@ -70,7 +80,11 @@ pub fn run(config: &Config, args: &PlanArgs) -> Result<()> {
         Some(p) => p,
         None => read_pid_max().context("reading /proc/sys/kernel/pid_max (or pass --pid-max)")?,
     };
-    let reference = reference_cost(inputs.topology.possible.len(), inputs.off_cpu_probability, pid_max);
+    let reference = reference_cost(
+        inputs.topology.possible.len(),
+        inputs.off_cpu_probability,
+        pid_max,
+    );
     let total = map_plan.total_bytes();
     let report = PlanReport {
         plan: &map_plan,
@@ -132,7 +146,11 @@ fn render_table(p: &MapPlan, r: &ReferenceCost) -> String {
             format!("{:?}", m.tier).to_lowercase(),
             human_bytes(m.bytes_floor),
             human_bytes(m.bytes_cap),
-            if m.scales_with_possible_cpus { "  (x possible CPUs)" } else { "" }
+            if m.scales_with_possible_cpus {
+                "  (x possible CPUs)"
+            } else {
+                ""
+            }
         ));
     }
     out.push_str(&format!(

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use kestrel_export::{encode_pprof, flamegraph_svg, folded, FoldedValue};
 use kestrel_model::{HostInfo, Profile, SampleValues, StackSample};
+use kestrel_probes::features::choose_off_cpu_hook;
 use kestrel_probes::{KernelFeatures, ProbeConfig, RawSample, SampleKind, Session};
 use kestrel_sizing::{plan, Topology};
 use kestrel_symbols::{Symbols, SymbolsConfig};
@@ -31,8 +32,14 @@ pub struct StackKey {
 }
 
 /// Samples aggregated by (process, thread, stack) as they are drained.
+///
+/// Off-CPU waits are sampled with probability p, so each measured wait stands
+/// for 1/p waits: values are scaled by `off_cpu_scale` to estimate the true time.
 #[derive(Default)]
 pub struct Aggregate {
+    pub off_cpu_scale: f64,
+    /// Measured (unscaled) off-CPU nanoseconds.
+    pub off_cpu_measured_ns: u64,
     pub stacks: HashMap<StackKey, (String, SampleValues)>,
     pub on_cpu_received: u64,
     pub per_cpu: BTreeMap<u32, u64>,
@@ -52,15 +59,29 @@ impl Aggregate {
                 *self.per_cpu.entry(s.cpu).or_default() += 1;
             }
             SampleKind::OffCpu => {
-                v.off_cpu_ns = s.value;
+                let scale = if self.off_cpu_scale > 0.0 {
+                    self.off_cpu_scale
+                } else {
+                    1.0
+                };
+                v.off_cpu_ns = (s.value as f64 * scale).round() as u64;
                 v.off_cpu_waits = 1;
                 self.off_cpu_waits += 1;
-                self.off_cpu_ns += s.value;
+                self.off_cpu_ns += v.off_cpu_ns;
+                self.off_cpu_measured_ns += s.value;
             }
         }
         let first = self.pids_seen.insert(s.pid);
-        let key = StackKey { pid: s.pid, tid: s.tid, kernel_stack: s.kernel_stack, user_stack: s.user_stack };
-        let entry = self.stacks.entry(key).or_insert_with(|| (s.comm.clone(), SampleValues::default()));
+        let key = StackKey {
+            pid: s.pid,
+            tid: s.tid,
+            kernel_stack: s.kernel_stack,
+            user_stack: s.user_stack,
+        };
+        let entry = self
+            .stacks
+            .entry(key)
+            .or_insert_with(|| (s.comm.clone(), SampleValues::default()));
         entry.0 = s.comm;
         entry.1.add(&v);
         first
@@ -88,33 +109,59 @@ pub async fn build_profile(
             values: *values,
         });
     }
-    Profile { host: host_info(), start, duration, frequency_hz, off_cpu_enabled, samples }
+    Profile {
+        host: host_info(),
+        start,
+        duration,
+        frequency_hz,
+        off_cpu_enabled,
+        samples,
+    }
 }
 
 pub fn host_info() -> HostInfo {
     let uts = nix::sys::utsname::uname().ok();
     HostInfo {
-        hostname: uts.as_ref().map(|u| u.nodename().to_string_lossy().into_owned()).unwrap_or_default(),
-        arch: uts.as_ref().map(|u| u.machine().to_string_lossy().into_owned()).unwrap_or_default(),
-        kernel_release: uts.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        hostname: uts
+            .as_ref()
+            .map(|u| u.nodename().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        arch: uts
+            .as_ref()
+            .map(|u| u.machine().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        kernel_release: uts
+            .as_ref()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
     }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns.
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+        .map(|t| {
+            (t.tv_sec() as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(t.tv_nsec() as u64)
+        })
         .unwrap_or(0)
 }
 
 /// Make sure we can write the output before spending the recording on it.
 fn prepare_output(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| {
-        format!("cannot create the output directory {}: choose a writable one with --output DIR", dir.display())
+        format!(
+            "cannot create the output directory {}: choose a writable one with --output DIR",
+            dir.display()
+        )
     })?;
     let probe = dir.join(".kestrel-write-test");
     std::fs::write(&probe, b"").with_context(|| {
-        format!("the output directory {} is not writable: choose another with --output DIR", dir.display())
+        format!(
+            "the output directory {} is not writable: choose another with --output DIR",
+            dir.display()
+        )
     })?;
     let _ = std::fs::remove_file(probe);
     Ok(())
@@ -122,7 +169,11 @@ fn prepare_output(dir: &Path) -> Result<()> {
 
 pub fn symbols_config(config: &Config) -> SymbolsConfig {
     SymbolsConfig {
-        cache_dir: if config.symbols.cache_dir.as_os_str().is_empty() { None } else { Some(config.symbols.cache_dir.clone()) },
+        cache_dir: if config.symbols.cache_dir.as_os_str().is_empty() {
+            None
+        } else {
+            Some(config.symbols.cache_dir.clone())
+        },
         memory_bytes: config.symbols.memory_bytes,
         disk_bytes: config.symbols.disk_bytes,
     }
@@ -136,6 +187,7 @@ pub fn probe_config(config: &Config) -> ProbeConfig {
         pids: config.sampling.pids.clone(),
         profile_self: config.sampling.profile_self,
         stack_depth: config.sampling.stack_depth,
+        off_cpu_hook: config.off_cpu.forced_hook(),
     }
 }
 
@@ -144,16 +196,28 @@ pub fn preflight(features: &KernelFeatures, config: &Config) -> Result<()> {
     let f = features;
     let mut missing = Vec::new();
     if !f.bpf_syscall.ok {
-        missing.push(format!("bpf() is not permitted ({})", f.bpf_syscall.error.as_deref().unwrap_or("?")));
+        missing.push(format!(
+            "bpf() is not permitted ({})",
+            f.bpf_syscall.error.as_deref().unwrap_or("?")
+        ));
     }
     if !f.perf_event_program.ok {
-        missing.push(format!("perf_event programs do not load ({})", f.perf_event_program.error.as_deref().unwrap_or("?")));
+        missing.push(format!(
+            "perf_event programs do not load ({})",
+            f.perf_event_program.error.as_deref().unwrap_or("?")
+        ));
     }
     if !f.cpu_clock_event.ok {
-        missing.push(format!("the cpu-clock perf event does not open ({})", f.cpu_clock_event.error.as_deref().unwrap_or("?")));
+        missing.push(format!(
+            "the cpu-clock perf event does not open ({})",
+            f.cpu_clock_event.error.as_deref().unwrap_or("?")
+        ));
     }
     if !f.ringbuf_map.ok {
-        missing.push(format!("ring buffers are unavailable ({})", f.ringbuf_map.error.as_deref().unwrap_or("?")));
+        missing.push(format!(
+            "ring buffers are unavailable ({})",
+            f.ringbuf_map.error.as_deref().unwrap_or("?")
+        ));
     }
     if config.off_cpu.probability > 0.0 && f.off_cpu_hook().is_none() {
         missing.push("off-CPU needs tp_btf or raw_tp on sched_switch and both are refused (use --off-cpu-probability 0)".into());
@@ -179,12 +243,15 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
     let features = KernelFeatures::probe();
     preflight(&features, config)?;
 
-    let topology = Topology::detect().context("detecting the CPU topology from /sys/devices/system/cpu")?;
-    let inputs = plan_cmd::inputs(config, topology.clone(), plan_cmd::off_cpu_state(features.off_cpu_hook()));
-    let map_plan = plan(&inputs).context("computing the BPF map plan")?;
+    let topology =
+        Topology::detect().context("detecting the CPU topology from /sys/devices/system/cpu")?;
     let probe_config = probe_config(config);
-    let mut session =
-        Session::start(&probe_config, &map_plan, &features, &topology.online).context("starting the BPF probes")?;
+    let hook =
+        choose_off_cpu_hook(&probe_config, &features).context("choosing the off-CPU hook")?;
+    let inputs = plan_cmd::inputs(config, topology.clone(), plan_cmd::off_cpu_state(hook));
+    let map_plan = plan(&inputs).context("computing the BPF map plan")?;
+    let mut session = Session::start(&probe_config, &map_plan, &features, &topology.online)
+        .context("starting the BPF probes")?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -192,11 +259,20 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let symbols = Symbols::new(symbols_config(config)).await.context("opening the symbol store")?;
+        let symbols = Symbols::new(symbols_config(config))
+            .await
+            .context("opening the symbol store")?;
         let duration = Duration::from_secs_f64(config.record.duration_s);
         let started = Instant::now();
         let start_time = SystemTime::now();
-        let mut agg = Aggregate::default();
+        let mut agg = Aggregate {
+            off_cpu_scale: if config.off_cpu.probability > 0.0 {
+                1.0 / config.off_cpu.probability
+            } else {
+                1.0
+            },
+            ..Aggregate::default()
+        };
         let mut batch = Vec::new();
         let bar = progress_bar(duration, args.no_progress);
         let poll = config.sampling.poll_interval();
@@ -220,7 +296,9 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
             }
             drain_into(&mut session, &mut batch, &mut agg, &symbols)?;
             match session.sync_online_cpus() {
-                Ok(change) if !change.is_empty() => info!(?change.added, ?change.removed, "online CPUs changed"),
+                Ok(change) if !change.is_empty() => {
+                    info!(?change.added, ?change.removed, "online CPUs changed")
+                }
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "could not follow CPU hotplug"),
             }
@@ -303,7 +381,11 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
         eprintln!(
             "kestrel: {} on-CPU samples{} in {:.1} s written to {}",
             agg.on_cpu_received,
-            if config.off_cpu.probability > 0.0 { format!(", {} off-CPU waits", agg.off_cpu_waits) } else { String::new() },
+            if config.off_cpu.probability > 0.0 {
+                format!(", {} off-CPU waits", agg.off_cpu_waits)
+            } else {
+                String::new()
+            },
             elapsed.as_secs_f64(),
             output_dir.display()
         );
@@ -312,7 +394,12 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn drain_into(session: &mut Session, batch: &mut Vec<RawSample>, agg: &mut Aggregate, symbols: &Symbols) -> Result<()> {
+fn drain_into(
+    session: &mut Session,
+    batch: &mut Vec<RawSample>,
+    agg: &mut Aggregate,
+    symbols: &Symbols,
+) -> Result<()> {
     batch.clear();
     session.drain(batch).context("draining the ring buffer")?;
     for s in batch.drain(..) {
@@ -331,8 +418,10 @@ fn progress_bar(duration: Duration, disabled: bool) -> Option<ProgressBar> {
         return None;
     }
     let bar = ProgressBar::new(duration.as_millis() as u64);
-    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} remaining {eta} · {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} remaining {eta} · {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     Some(bar)
 }
@@ -347,18 +436,27 @@ pub fn write_outputs(dir: &Path, profile: &Profile) -> Result<Vec<String>> {
         profile.frequency_hz
     );
     let mut files: Vec<(&str, Vec<u8>)> = Vec::new();
-    files.push(("profile.pb.gz", encode_pprof(profile).context("encoding pprof")?));
+    files.push((
+        "profile.pb.gz",
+        encode_pprof(profile).context("encoding pprof")?,
+    ));
     let cpu_folded = folded(profile, FoldedValue::CpuSamples);
     files.push((
         "flamegraph.svg",
-        flamegraph_svg(&cpu_folded, &format!("Kestrel on-CPU · {title_base}"), "samples").context("rendering the flamegraph")?,
+        flamegraph_svg(
+            &cpu_folded,
+            &format!("Kestrel on-CPU · {title_base}"),
+            "samples",
+        )
+        .context("rendering the flamegraph")?,
     ));
     files.push(("profile.folded", cpu_folded.into_bytes()));
     if profile.off_cpu_enabled {
         let off = folded(profile, FoldedValue::OffCpuNanoseconds);
         files.push((
             "offcpu.svg",
-            flamegraph_svg(&off, &format!("Kestrel off-CPU · {title_base}"), "ns").context("rendering the off-CPU flamegraph")?,
+            flamegraph_svg(&off, &format!("Kestrel off-CPU · {title_base}"), "ns")
+                .context("rendering the off-CPU flamegraph")?,
         ));
         files.push(("offcpu.folded", off.into_bytes()));
     }
@@ -373,6 +471,7 @@ pub fn write_outputs(dir: &Path, profile: &Profile) -> Result<Vec<String>> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp-kestrel");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }

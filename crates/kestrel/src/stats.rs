@@ -57,7 +57,11 @@ struct OffCpuStats {
     short: u64,
     /// Waits reported in the profile (including those cut at the end).
     waits_reported: u64,
+    /// Estimated off-CPU time: measured time scaled by 1/probability (what the
+    /// profiles report).
     total_ns: u64,
+    /// Off-CPU time actually measured, before scaling.
+    measured_ns: u64,
     in_flight_at_end: i64,
 }
 
@@ -92,7 +96,9 @@ struct Stats<'a> {
 
 pub fn write(path: &Path, f: &RunFacts<'_>) -> Result<()> {
     let c = f.counters;
-    let expected = (f64::from(f.frequency_hz) * f64::from(f.topology.online.len()) * f.duration.as_secs_f64()).round() as u64;
+    let expected =
+        (f64::from(f.frequency_hz) * f64::from(f.topology.online.len()) * f.duration.as_secs_f64())
+            .round() as u64;
     let maps: Vec<MapStats> = f
         .maps
         .iter()
@@ -123,7 +129,12 @@ pub fn write(path: &Path, f: &RunFacts<'_>) -> Result<()> {
             idle: c.idle_skipped,
             kernel_stack_errors: c.kernel_stack_errors,
             user_stack_errors: c.user_stack_errors,
-            per_cpu: f.agg.per_cpu.iter().map(|(cpu, n)| (cpu.to_string(), *n)).collect(),
+            per_cpu: f
+                .agg
+                .per_cpu
+                .iter()
+                .map(|(cpu, n)| (cpu.to_string(), *n))
+                .collect(),
         },
         off_cpu: OffCpuStats {
             enabled: f.off_cpu_probability > 0.0,
@@ -139,6 +150,7 @@ pub fn write(path: &Path, f: &RunFacts<'_>) -> Result<()> {
             short: c.off_cpu_short,
             waits_reported: f.agg.off_cpu_waits,
             total_ns: f.agg.off_cpu_ns,
+            measured_ns: f.agg.off_cpu_measured_ns,
             in_flight_at_end: c.off_cpu_in_flight,
         },
         total_memlock_bytes: maps.iter().map(|m| m.memlock_bytes).sum(),

@@ -69,7 +69,10 @@ impl Frame {
         }
         match &self.mapping {
             Some(m) => {
-                let offset = self.address.wrapping_sub(m.start).wrapping_add(m.file_offset);
+                let offset = self
+                    .address
+                    .wrapping_sub(m.start)
+                    .wrapping_add(m.file_offset);
                 let name = m.path.rsplit('/').next().unwrap_or(&m.path);
                 format!("[{name}]+0x{offset:x}")
             }
@@ -180,7 +183,10 @@ mod tests {
         assert_eq!(f.label(), "[libfoo.so]+0x510");
         f.function = Some(Arc::from("foo"));
         assert_eq!(f.label(), "foo");
-        assert_eq!(Frame::unknown(FrameKind::Kernel, 0xff, None).label(), "0xff");
+        assert_eq!(
+            Frame::unknown(FrameKind::Kernel, 0xff, None).label(),
+            "0xff"
+        );
     }
 
     #[test]

@@ -21,8 +21,14 @@ pub struct Outcome {
 impl Outcome {
     fn from<T, E: std::fmt::Display>(r: Result<T, E>) -> Self {
         match r {
-            Ok(_) => Outcome { ok: true, error: None },
-            Err(e) => Outcome { ok: false, error: Some(e.to_string()) },
+            Ok(_) => Outcome {
+                ok: true,
+                error: None,
+            },
+            Err(e) => Outcome {
+                ok: false,
+                error: Some(e.to_string()),
+            },
         }
     }
 }
@@ -61,15 +67,52 @@ impl OffCpuHook {
     }
 }
 
+/// The off-CPU hook a configuration gets on this kernel: none when off-CPU is
+/// disabled, the forced one when it loads, else the best available.
+pub fn choose_off_cpu_hook(
+    config: &crate::ProbeConfig,
+    features: &KernelFeatures,
+) -> Result<Option<OffCpuHook>, crate::ProbeError> {
+    if config.off_cpu_probability <= 0.0 {
+        return Ok(None);
+    }
+    match config.off_cpu_hook {
+        Some(OffCpuHook::TpBtfTaskStorage)
+            if !(features.tp_btf_program.ok && features.task_storage_map.ok) =>
+        {
+            Err(crate::ProbeError::OffCpuHookRefused("tp_btf"))
+        }
+        Some(OffCpuHook::RawTpHash) if !features.raw_tp_program.ok => {
+            Err(crate::ProbeError::OffCpuHookRefused("raw_tp"))
+        }
+        Some(hook) => Ok(Some(hook)),
+        None => features
+            .off_cpu_hook()
+            .map(Some)
+            .ok_or(crate::ProbeError::NoOffCpuHook),
+    }
+}
+
 impl KernelFeatures {
     /// Probe the running kernel. Never fails: every failure is an [`Outcome`].
     pub fn probe() -> KernelFeatures {
+        crate::route_libbpf_logs();
+        crate::quietly(Self::probe_inner)
+    }
+
+    fn probe_inner() -> KernelFeatures {
         let btf = if fs::metadata("/sys/kernel/btf/vmlinux").is_ok() {
-            Outcome { ok: true, error: None }
+            Outcome {
+                ok: true,
+                error: None,
+            }
         } else {
             Outcome {
                 ok: false,
-                error: Some("/sys/kernel/btf/vmlinux is missing: the kernel needs CONFIG_DEBUG_INFO_BTF=y".into()),
+                error: Some(
+                    "/sys/kernel/btf/vmlinux is missing: the kernel needs CONFIG_DEBUG_INFO_BTF=y"
+                        .into(),
+                ),
             }
         };
         let bpf_syscall = Outcome::from(create_map(MapType::Array, 4, 8, 1, 0));
@@ -99,7 +142,13 @@ impl KernelFeatures {
     }
 }
 
-fn create_map(ty: MapType, key: u32, value: u32, entries: u32, flags: u32) -> Result<MapHandle, libbpf_rs::Error> {
+fn create_map(
+    ty: MapType,
+    key: u32,
+    value: u32,
+    entries: u32,
+    flags: u32,
+) -> Result<MapHandle, libbpf_rs::Error> {
     let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
         sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
         map_flags: flags,

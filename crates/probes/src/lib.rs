@@ -37,6 +37,8 @@ pub struct ProbeConfig {
     pub profile_self: bool,
     /// Frames per stack, 1..=127.
     pub stack_depth: u32,
+    /// Force an off-CPU hook flavour; `None` picks the best the kernel allows.
+    pub off_cpu_hook: Option<OffCpuHook>,
 }
 
 impl Default for ProbeConfig {
@@ -48,6 +50,7 @@ impl Default for ProbeConfig {
             pids: Vec::new(),
             profile_self: false,
             stack_depth: kestrel_sizing::MAX_STACK_DEPTH,
+            off_cpu_hook: None,
         }
     }
 }
@@ -74,8 +77,10 @@ pub enum ProbeError {
     },
     #[error("attaching program `{program}` failed: {detail}; run `kestrel check`")]
     Attach { program: String, detail: String },
-    #[error("off-CPU profiling needs tp_btf or raw_tp on sched_switch and this kernel refuses both; set off_cpu_probability = 0 or run `kestrel check`")]
+    #[error("off-CPU profiling needs tp_btf or raw_tp on sched_switch and this kernel refuses both; set off_cpu.probability = 0 or run `kestrel check`")]
     NoOffCpuHook,
+    #[error("off_cpu.hook = {0} was asked for but this kernel refuses it; use \"auto\" or see `kestrel check`")]
+    OffCpuHookRefused(&'static str),
     #[error("BPF map operation on `{map}` failed: {source}")]
     Map {
         map: String,
@@ -106,7 +111,39 @@ pub trait Probe: Send {
 }
 
 /// Builds a probe when the configuration enables it.
-pub type ProbeFactory = fn(&ProbeConfig, &KernelFeatures) -> Result<Option<Box<dyn Probe>>, ProbeError>;
+pub type ProbeFactory =
+    fn(&ProbeConfig, &KernelFeatures) -> Result<Option<Box<dyn Probe>>, ProbeError>;
 
 /// Every probe Kestrel knows: adding one is its module plus one line here.
-pub const REGISTRY: &[(&str, ProbeFactory)] = &[("on_cpu", on_cpu::factory), ("off_cpu", off_cpu::factory)];
+pub const REGISTRY: &[(&str, ProbeFactory)] =
+    &[("on_cpu", on_cpu::factory), ("off_cpu", off_cpu::factory)];
+
+/// While set, libbpf's warnings are expected (feature probing tries things that
+/// may be refused) and are logged at debug level only.
+static LIBBPF_QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn libbpf_to_tracing(level: libbpf_rs::PrintLevel, message: String) {
+    let message = message.trim_end();
+    let quiet = LIBBPF_QUIET.load(std::sync::atomic::Ordering::Relaxed);
+    match level {
+        libbpf_rs::PrintLevel::Warn if !quiet => tracing::warn!(target: "libbpf", "{message}"),
+        libbpf_rs::PrintLevel::Warn | libbpf_rs::PrintLevel::Info => {
+            tracing::debug!(target: "libbpf", "{message}")
+        }
+        libbpf_rs::PrintLevel::Debug => tracing::trace!(target: "libbpf", "{message}"),
+    }
+}
+
+/// Send libbpf's messages (verifier logs included) to `tracing` instead of
+/// stderr. Idempotent.
+pub fn route_libbpf_logs() {
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_to_tracing)));
+}
+
+/// Runs `f` with libbpf's warnings demoted to debug.
+pub(crate) fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    let was = LIBBPF_QUIET.swap(true, std::sync::atomic::Ordering::Relaxed);
+    let out = f();
+    LIBBPF_QUIET.store(was, std::sync::atomic::Ordering::Relaxed);
+    out
+}

@@ -7,12 +7,18 @@ use libbpf_rs::{Link, Object};
 use crate::features::OffCpuHook;
 use crate::{KernelFeatures, Probe, ProbeConfig, ProbeError};
 
-pub(crate) fn factory(config: &ProbeConfig, features: &KernelFeatures) -> Result<Option<Box<dyn Probe>>, ProbeError> {
-    if config.off_cpu_probability <= 0.0 {
-        return Ok(None);
-    }
-    let hook = features.off_cpu_hook().ok_or(ProbeError::NoOffCpuHook)?;
-    Ok(Some(Box::new(OffCpuProbe { hook, links: Vec::new() })))
+pub(crate) fn factory(
+    config: &ProbeConfig,
+    features: &KernelFeatures,
+) -> Result<Option<Box<dyn Probe>>, ProbeError> {
+    Ok(
+        crate::features::choose_off_cpu_hook(config, features)?.map(|hook| {
+            Box::new(OffCpuProbe {
+                hook,
+                links: Vec::new(),
+            }) as Box<dyn Probe>
+        }),
+    )
 }
 
 struct OffCpuProbe {
@@ -38,10 +44,14 @@ impl Probe for OffCpuProbe {
             let program = object
                 .progs_mut()
                 .find(|p| p.name() == name)
-                .ok_or_else(|| ProbeError::Attach { program: name.into(), detail: "not in the loaded object".into() })?;
-            let link = program
-                .attach()
-                .map_err(|e| ProbeError::Attach { program: name.into(), detail: e.to_string() })?;
+                .ok_or_else(|| ProbeError::Attach {
+                    program: name.into(),
+                    detail: "not in the loaded object".into(),
+                })?;
+            let link = program.attach().map_err(|e| ProbeError::Attach {
+                program: name.into(),
+                detail: e.to_string(),
+            })?;
             self.links.push(link);
         }
         Ok(())

@@ -11,8 +11,14 @@ use crate::{KernelFeatures, Probe, ProbeConfig, ProbeError};
 
 const PROGRAM: &str = "on_cpu_sample";
 
-pub(crate) fn factory(config: &ProbeConfig, _features: &KernelFeatures) -> Result<Option<Box<dyn Probe>>, ProbeError> {
-    Ok(Some(Box::new(OnCpuProbe { frequency_hz: config.frequency_hz, links: BTreeMap::new() })))
+pub(crate) fn factory(
+    config: &ProbeConfig,
+    _features: &KernelFeatures,
+) -> Result<Option<Box<dyn Probe>>, ProbeError> {
+    Ok(Some(Box::new(OnCpuProbe {
+        frequency_hz: config.frequency_hz,
+        links: BTreeMap::new(),
+    })))
 }
 
 struct OnCpuProbe {
@@ -26,14 +32,21 @@ impl OnCpuProbe {
         let program = object
             .progs_mut()
             .find(|p| p.name() == PROGRAM)
-            .ok_or_else(|| ProbeError::Attach { program: PROGRAM.into(), detail: "not in the loaded object".into() })?;
-        let fd = open_cpu_clock(cpu, self.frequency_hz).map_err(|source| ProbeError::PerfEvent { cpu, source })?;
+            .ok_or_else(|| ProbeError::Attach {
+                program: PROGRAM.into(),
+                detail: "not in the loaded object".into(),
+            })?;
+        let fd = open_cpu_clock(cpu, self.frequency_hz)
+            .map_err(|source| ProbeError::PerfEvent { cpu, source })?;
         // libbpf's perf link takes ownership of the event fd and closes it on drop.
         let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
         let link = program.attach_perf_event(raw).map_err(|e| {
             // SAFETY: the attach failed, so libbpf did not take the fd; we still own it.
             drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
-            ProbeError::Attach { program: PROGRAM.into(), detail: format!("CPU {cpu}: {e}") }
+            ProbeError::Attach {
+                program: PROGRAM.into(),
+                detail: format!("CPU {cpu}: {e}"),
+            }
         })?;
         self.links.insert(cpu, link);
         debug!(cpu, "on-CPU sampling attached");

@@ -22,7 +22,9 @@ pub const WAKE_BYTES: usize = 32;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RecordError {
-    #[error("ring buffer record of {len} bytes is shorter than the {need}-byte header of its kind")]
+    #[error(
+        "ring buffer record of {len} bytes is shorter than the {need}-byte header of its kind"
+    )]
     Truncated { len: usize, need: usize },
     #[error("ring buffer record has unknown kind {0}; the BPF object and this binary disagree")]
     UnknownKind(u8),
@@ -63,7 +65,13 @@ pub enum Record {
     /// On-CPU sample, or the blocking stack of an off-CPU wait (`kind` tells).
     Stack { block: bool, sample: RawSample },
     /// The end of an off-CPU wait that began `delta_ns` before `timestamp_ns`.
-    Wake { pid: u32, tid: u32, cpu: u32, timestamp_ns: u64, delta_ns: u64 },
+    Wake {
+        pid: u32,
+        tid: u32,
+        cpu: u32,
+        timestamp_ns: u64,
+        delta_ns: u64,
+    },
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -81,12 +89,18 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// Decode one record. The caller guarantees nothing about `bytes`.
 pub fn parse_record(bytes: &[u8]) -> Result<Record, RecordError> {
     let Some(&kind) = bytes.first() else {
-        return Err(RecordError::Truncated { len: 0, need: WAKE_BYTES });
+        return Err(RecordError::Truncated {
+            len: 0,
+            need: WAKE_BYTES,
+        });
     };
     match kind {
         RECORD_OFF_CPU_WAKE => {
             if bytes.len() < WAKE_BYTES {
-                return Err(RecordError::Truncated { len: bytes.len(), need: WAKE_BYTES });
+                return Err(RecordError::Truncated {
+                    len: bytes.len(),
+                    need: WAKE_BYTES,
+                });
             }
             Ok(Record::Wake {
                 cpu: u32::from(u16_at(bytes, 2)),
@@ -98,7 +112,10 @@ pub fn parse_record(bytes: &[u8]) -> Result<Record, RecordError> {
         }
         RECORD_ON_CPU | RECORD_OFF_CPU_BLOCK => {
             if bytes.len() < HEADER_BYTES {
-                return Err(RecordError::Truncated { len: bytes.len(), need: HEADER_BYTES });
+                return Err(RecordError::Truncated {
+                    len: bytes.len(),
+                    need: HEADER_BYTES,
+                });
             }
             let kernel_frames = usize::from(bytes[12]);
             let user_frames = usize::from(bytes[13]);
@@ -109,12 +126,19 @@ pub fn parse_record(bytes: &[u8]) -> Result<Record, RecordError> {
             }
             let frame = |i: usize| u64_at(bytes, HEADER_BYTES + i * 8);
             let comm_bytes = &bytes[32..48];
-            let comm_len = comm_bytes.iter().position(|&c| c == 0).unwrap_or(comm_bytes.len());
+            let comm_len = comm_bytes
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(comm_bytes.len());
             let block = kind == RECORD_OFF_CPU_BLOCK;
             Ok(Record::Stack {
                 block,
                 sample: RawSample {
-                    kind: if block { SampleKind::OffCpu } else { SampleKind::OnCpu },
+                    kind: if block {
+                        SampleKind::OffCpu
+                    } else {
+                        SampleKind::OnCpu
+                    },
                     flags: bytes[1],
                     cpu: u32::from(u16_at(bytes, 2)),
                     tid: u32_at(bytes, 4),
@@ -155,7 +179,9 @@ mod tests {
         for f in [0xffff_0001u64, 0xffff_0002, 0x4000] {
             b.extend_from_slice(&f.to_le_bytes());
         }
-        let Record::Stack { block, sample } = parse_record(&b).unwrap() else { panic!("wrong kind") };
+        let Record::Stack { block, sample } = parse_record(&b).unwrap() else {
+            panic!("wrong kind")
+        };
         assert!(!block);
         assert_eq!(sample.kind, SampleKind::OnCpu);
         assert_eq!((sample.pid, sample.tid, sample.cpu), (100, 101, 3));
@@ -173,16 +199,34 @@ mod tests {
         b[24..32].copy_from_slice(&123u64.to_le_bytes());
         assert_eq!(
             parse_record(&b).unwrap(),
-            Record::Wake { pid: 0, tid: 7, cpu: 0, timestamp_ns: 0, delta_ns: 123 }
+            Record::Wake {
+                pid: 0,
+                tid: 7,
+                cpu: 0,
+                timestamp_ns: 0,
+                delta_ns: 123
+            }
         );
     }
 
     #[test]
     fn rejects_malformed_records() {
-        assert!(matches!(parse_record(&[]), Err(RecordError::Truncated { .. })));
+        assert!(matches!(
+            parse_record(&[]),
+            Err(RecordError::Truncated { .. })
+        ));
         assert_eq!(parse_record(&[9; 64]), Err(RecordError::UnknownKind(9)));
         let b = header(RECORD_ON_CPU, 5, 0);
-        assert_eq!(parse_record(&b), Err(RecordError::FrameCount { announced: 5, carried: 0 }));
-        assert!(matches!(parse_record(&[RECORD_OFF_CPU_WAKE; 8]), Err(RecordError::Truncated { .. })));
+        assert_eq!(
+            parse_record(&b),
+            Err(RecordError::FrameCount {
+                announced: 5,
+                carried: 0
+            })
+        );
+        assert!(matches!(
+            parse_record(&[RECORD_OFF_CPU_WAKE; 8]),
+            Err(RecordError::Truncated { .. })
+        ));
     }
 }

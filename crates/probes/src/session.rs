@@ -79,7 +79,12 @@ fn encode_config(config: &ProbeConfig, hook: Option<OffCpuHook>) -> [u8; 64] {
     b[0..4].copy_from_slice(&self_tgid.to_le_bytes());
     b[4..8].copy_from_slice(&u32::from(config.profile_self).to_le_bytes());
     b[8..12].copy_from_slice(&u32::from(!config.pids.is_empty()).to_le_bytes());
-    b[12..16].copy_from_slice(&config.stack_depth.clamp(1, kestrel_sizing::MAX_STACK_DEPTH).to_le_bytes());
+    b[12..16].copy_from_slice(
+        &config
+            .stack_depth
+            .clamp(1, kestrel_sizing::MAX_STACK_DEPTH)
+            .to_le_bytes(),
+    );
     b[16..20].copy_from_slice(&u32::from(hook.is_some()).to_le_bytes());
     b[20..24].copy_from_slice(&threshold.to_le_bytes());
     b[24..32].copy_from_slice(&min_ns.to_le_bytes());
@@ -119,6 +124,7 @@ impl Session {
         features: &KernelFeatures,
         online: &CpuSet,
     ) -> Result<Session, ProbeError> {
+        crate::route_libbpf_logs();
         let mut probes = Vec::new();
         for (name, factory) in REGISTRY {
             if let Some(probe) = factory(config, features)? {
@@ -126,7 +132,7 @@ impl Session {
                 probes.push(probe);
             }
         }
-        let off_cpu_hook = if config.off_cpu_probability > 0.0 { features.off_cpu_hook() } else { None };
+        let off_cpu_hook = crate::features::choose_off_cpu_hook(config, features)?;
         let wanted_programs: Vec<&str> = probes.iter().flat_map(|p| p.programs()).collect();
 
         let mut open = ObjectBuilder::default()
@@ -138,7 +144,9 @@ impl Session {
             let name = map.name().to_string_lossy().into_owned();
             if name.ends_with(".rodata") {
                 let bytes = encode_config(config, off_cpu_hook);
-                let value = map.initial_value_mut().ok_or_else(|| ProbeError::Load(".rodata has no initial value".into()))?;
+                let value = map
+                    .initial_value_mut()
+                    .ok_or_else(|| ProbeError::Load(".rodata has no initial value".into()))?;
                 if value.len() != bytes.len() {
                     return Err(ProbeError::Load(format!(
                         ".rodata is {} bytes but this binary writes {}: the BPF object and binary disagree",
@@ -150,12 +158,21 @@ impl Session {
                 continue;
             }
             match plan.get(plan_name(&name)) {
-                None => map.set_autocreate(false).map_err(|source| ProbeError::Size { map: name.clone(), source })?,
+                None => map
+                    .set_autocreate(false)
+                    .map_err(|source| ProbeError::Size {
+                        map: name.clone(),
+                        source,
+                    })?,
                 Some(row) => {
                     // Task storage must have max_entries 0; every other size comes from the plan.
                     if map.map_type() != MapType::TaskStorage {
-                        map.set_max_entries(row.max_entries)
-                            .map_err(|source| ProbeError::Size { map: name.clone(), source })?;
+                        map.set_max_entries(row.max_entries).map_err(|source| {
+                            ProbeError::Size {
+                                map: name.clone(),
+                                source,
+                            }
+                        })?;
                     }
                 }
             }
@@ -169,7 +186,9 @@ impl Session {
                 return Err(ProbeError::MissingPlanRow(name.into()));
             }
         }
-        let object = open.load().map_err(|e| ProbeError::Load(explain_load_error(&e)))?;
+        let object = open
+            .load()
+            .map_err(|e| ProbeError::Load(explain_load_error(&e)))?;
 
         if !config.pids.is_empty() {
             let filter = object
@@ -179,7 +198,10 @@ impl Session {
             for pid in &config.pids {
                 filter
                     .update(&pid.to_ne_bytes(), &[1u8], MapFlags::ANY)
-                    .map_err(|source| ProbeError::Map { map: "pid_filter".into(), source })?;
+                    .map_err(|source| ProbeError::Map {
+                        map: "pid_filter".into(),
+                        source,
+                    })?;
             }
         }
 
@@ -206,8 +228,14 @@ impl Session {
                     }
                     0
                 })
-                .map_err(|source| ProbeError::Map { map: "events".into(), source })?;
-            builder.build().map_err(|source| ProbeError::Map { map: "events".into(), source })?
+                .map_err(|source| ProbeError::Map {
+                    map: "events".into(),
+                    source,
+                })?;
+            builder.build().map_err(|source| ProbeError::Map {
+                map: "events".into(),
+                source,
+            })?
         };
 
         let online: Vec<u32> = online.iter().collect();
@@ -225,7 +253,11 @@ impl Session {
         };
         for probe in &mut session.probes {
             probe.attach(&session.object, &online)?;
-            info!(probe = probe.name(), attachments = probe.attachments(), "probe attached");
+            info!(
+                probe = probe.name(),
+                attachments = probe.attachments(),
+                "probe attached"
+            );
         }
         Ok(session)
     }
@@ -242,13 +274,19 @@ impl Session {
 
     /// Names and attachment counts of the running probes.
     pub fn probes(&self) -> Vec<(&'static str, usize)> {
-        self.probes.iter().map(|p| (p.name(), p.attachments())).collect()
+        self.probes
+            .iter()
+            .map(|p| (p.name(), p.attachments()))
+            .collect()
     }
 
     /// Move every record the ring buffer holds into `out` as complete samples:
     /// on-CPU samples directly, off-CPU waits once their wake record arrives.
     pub fn drain(&mut self, out: &mut Vec<RawSample>) -> Result<usize, ProbeError> {
-        self.ring.consume().map_err(|source| ProbeError::Map { map: "events".into(), source })?;
+        self.ring.consume().map_err(|source| ProbeError::Map {
+            map: "events".into(),
+            source,
+        })?;
         let records = match self.inbox.lock() {
             Ok(mut v) => std::mem::take(&mut *v),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
@@ -256,8 +294,14 @@ impl Session {
         let before = out.len();
         for record in records {
             match record {
-                Record::Stack { block: false, sample } => out.push(sample),
-                Record::Stack { block: true, sample } => {
+                Record::Stack {
+                    block: false,
+                    sample,
+                } => out.push(sample),
+                Record::Stack {
+                    block: true,
+                    sample,
+                } => {
                     if self.pending_blocks.len() >= MAX_PENDING_BLOCKS {
                         self.shed_pending();
                     }
@@ -265,7 +309,12 @@ impl Session {
                     // older wait ended below the minimum duration.
                     self.pending_blocks.insert(sample.tid, sample);
                 }
-                Record::Wake { tid, timestamp_ns, delta_ns, .. } => {
+                Record::Wake {
+                    tid,
+                    timestamp_ns,
+                    delta_ns,
+                    ..
+                } => {
                     let start = timestamp_ns.saturating_sub(delta_ns);
                     match self.pending_blocks.remove(&tid) {
                         Some(mut block) if block.value == start => {
@@ -308,7 +357,10 @@ impl Session {
         self.pending_blocks.retain(|_, b| b.value > cutoff);
         let dropped = before - self.pending_blocks.len();
         self.pending_dropped += dropped as u64;
-        warn!(dropped, "too many threads waiting at once; oldest off-CPU waits dropped");
+        warn!(
+            dropped,
+            "too many threads waiting at once; oldest off-CPU waits dropped"
+        );
     }
 
     /// Read the BPF counters.
@@ -323,7 +375,10 @@ impl Session {
             let key = (i as u32).to_ne_bytes();
             let bytes = map
                 .lookup(&key, MapFlags::ANY)
-                .map_err(|source| ProbeError::Map { map: "counters".into(), source })?;
+                .map_err(|source| ProbeError::Map {
+                    map: "counters".into(),
+                    source,
+                })?;
             if let Some(b) = bytes {
                 if b.len() >= 8 {
                     let mut a = [0u8; 8];
@@ -354,6 +409,24 @@ impl Session {
         })
     }
 
+    /// Threads with an in-flight off-CPU entry, when the store can be listed
+    /// (the hash store; task storage is freed with its task by the kernel).
+    pub fn in_flight_tids(&self) -> Option<Vec<u32>> {
+        let map = self
+            .object
+            .maps()
+            .find(|m| m.name() == "offcpu_hash" && m.autocreate())?;
+        Some(
+            map.keys()
+                .filter_map(|k| {
+                    k.get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u32::from_ne_bytes)
+                })
+                .collect(),
+        )
+    }
+
     /// Kernel memory of every map Kestrel created, from fdinfo `memlock:`.
     pub fn map_memory(&self) -> Vec<MapMemory> {
         self.object
@@ -382,8 +455,17 @@ impl Session {
             .iter()
             .collect();
         let change = CpuChange {
-            added: now.iter().copied().filter(|c| !self.online.contains(c)).collect(),
-            removed: self.online.iter().copied().filter(|c| !now.contains(c)).collect(),
+            added: now
+                .iter()
+                .copied()
+                .filter(|c| !self.online.contains(c))
+                .collect(),
+            removed: self
+                .online
+                .iter()
+                .copied()
+                .filter(|c| !now.contains(c))
+                .collect(),
         };
         for &cpu in &change.removed {
             for probe in &mut self.probes {
@@ -409,17 +491,35 @@ mod tests {
 
     #[test]
     fn rust_and_c_agree_on_layouts() {
-        assert_eq!(std::mem::size_of::<types::kestrel_sample_header>(), crate::record::HEADER_BYTES);
-        assert_eq!(std::mem::size_of::<types::kestrel_sample_header>() as u32, kestrel_sizing::RECORD_HEADER_BYTES);
-        assert_eq!(std::mem::size_of::<types::kestrel_wake>() as u32, kestrel_sizing::WAKE_RECORD_BYTES);
-        assert_eq!(std::mem::size_of::<types::kestrel_config>() as u32, kestrel_sizing::RODATA_BYTES);
-        assert_eq!(std::mem::size_of::<types::kestrel_sample>() as u32, kestrel_sizing::RECORD_MAX_BYTES);
-        assert_eq!(types::kestrel_counter::KESTREL_NUM_COUNTERS as u32, kestrel_sizing::NUM_COUNTERS);
+        assert_eq!(
+            std::mem::size_of::<types::kestrel_sample_header>(),
+            crate::record::HEADER_BYTES
+        );
+        assert_eq!(
+            std::mem::size_of::<types::kestrel_sample_header>() as u32,
+            kestrel_sizing::RECORD_HEADER_BYTES
+        );
+        assert_eq!(
+            std::mem::size_of::<types::kestrel_config>() as u32,
+            kestrel_sizing::RODATA_BYTES
+        );
+        assert_eq!(
+            std::mem::size_of::<types::kestrel_sample>() as u32,
+            kestrel_sizing::RECORD_MAX_BYTES
+        );
+        // The wake record and counter count are checked by _Static_assert in kestrel.h.
+        assert_eq!(
+            crate::record::WAKE_BYTES as u32,
+            kestrel_sizing::WAKE_RECORD_BYTES
+        );
     }
 
     #[test]
     fn config_threshold_spans_probability() {
-        let mut c = ProbeConfig { off_cpu_probability: 1.0, ..ProbeConfig::default() };
+        let mut c = ProbeConfig {
+            off_cpu_probability: 1.0,
+            ..ProbeConfig::default()
+        };
         let b = encode_config(&c, Some(OffCpuHook::TpBtfTaskStorage));
         assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), u32::MAX);
         assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 1);
