@@ -122,9 +122,9 @@ pub fn human_bytes(b: u64) -> String {
 fn render_table(p: &MapPlan, r: &ReferenceCost) -> String {
     let i = &p.inputs;
     let mut out = format!(
-        "Kestrel map plan: online {} / possible {} CPUs, {} Hz, off-CPU p = {}, poll {} ms, cap {}\n\n",
-        i.online_cpus,
-        i.possible_cpus,
+        "Kestrel map plan: {} online / {} possible CPUs, {} Hz, off-CPU p = {}, poll {} ms, cap {}\n\n",
+        i.online,
+        i.possible,
         i.frequency_hz,
         i.off_cpu_probability,
         i.poll_interval_ms,
@@ -164,14 +164,17 @@ fn render_table(p: &MapPlan, r: &ReferenceCost) -> String {
         out.push_str(&format!("  {:<14} {}\n", m.name, m.formula));
     }
     out.push_str(&format!(
-        "\nreference agent's off-CPU table (per-CPU LRU hash of u64, pid_max = {}):\n  original: {} entries x {} possible CPUs = {}\n  current:  {} entries x {} possible CPUs = {}\n",
+        "\nreference agent's off-CPU table (per-CPU LRU hash of u64, pid_max = {}):\n  original: {} entries x {} possible CPUs = {} ({:.2} GB)\n  current:  {} entries x {} possible CPUs = {}\nKestrel's whole plan at its cap: {} ({:.4} % of the original table)\n",
         r.pid_max,
         r.original_offcpu_entries,
-        i.possible_cpus,
+        i.possible,
         human_bytes(r.original_offcpu_bytes),
+        r.original_offcpu_bytes as f64 / 1e9,
         r.current_offcpu_entries,
-        i.possible_cpus,
+        i.possible,
         human_bytes(r.current_offcpu_bytes),
+        human_bytes(p.total_bytes_cap),
+        if r.original_offcpu_bytes == 0 { 0.0 } else { 100.0 * p.total_bytes_cap as f64 / r.original_offcpu_bytes as f64 },
     ));
     out
 }

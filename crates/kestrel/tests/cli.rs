@@ -1,0 +1,111 @@
+//! The binary's non-BPF commands: plan, config, errors.
+
+use std::process::Command;
+
+const KESTREL: &str = env!("CARGO_BIN_EXE_kestrel");
+
+#[test]
+fn plan_for_a_large_vm_shows_the_reference_in_gigabytes_and_kestrel_within_8_mib() {
+    let out = Command::new(KESTREL)
+        .args([
+            "plan",
+            "--online",
+            "16",
+            "--possible",
+            "128",
+            "--off-cpu-probability",
+            "1",
+            "--pid-max",
+            "4194304",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let original = v["reference"]["original_offcpu_bytes"].as_u64().unwrap();
+    let current = v["reference"]["current_offcpu_bytes"].as_u64().unwrap();
+    let total = v["total_bytes"].as_u64().unwrap();
+    assert!(original > 4_000_000_000, "reference original {original} B");
+    assert!(current > 4_000_000 && current < original);
+    assert!(total <= 8 << 20, "Kestrel's plan {total} B");
+    let maps = v["maps"].as_array().unwrap();
+    for m in maps {
+        for key in ["name", "map_type", "max_entries", "bytes"] {
+            assert!(!m[key].is_null(), "maps[] entry lacks {key}: {m}");
+        }
+    }
+    let sum: u64 = maps.iter().map(|m| m["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(sum, total);
+}
+
+#[test]
+fn plan_without_off_cpu_has_no_off_cpu_maps() {
+    let out = Command::new(KESTREL)
+        .args(["plan", "--online", "4", "--possible", "8", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("offcpu")), "{names:?}");
+    assert!(names.contains(&"events") && names.contains(&"scratch"));
+}
+
+#[test]
+fn config_prints_the_effective_configuration_with_env_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("k.toml");
+    std::fs::write(&file, "[sampling]\nfrequency_hz = 49\n").unwrap();
+    let out = Command::new(KESTREL)
+        .args(["config", "--config"])
+        .arg(&file)
+        .env("KESTREL_OFF_CPU__PROBABILITY", "0.5")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("frequency_hz = 49") && text.contains("probability = 0.5"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_configuration_names_the_key_and_source_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[sampling]\nfrequency_hz = 20000\n").unwrap();
+    let out = Command::new(KESTREL)
+        .args(["plan", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sampling.frequency_hz")
+            && err.contains("bad.toml")
+            && err.contains("1..=10000"),
+        "{err}"
+    );
+    let out = Command::new(KESTREL)
+        .args(["plan", "--frequency", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sampling.frequency_hz"));
+}
