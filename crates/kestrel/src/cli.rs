@@ -37,6 +37,9 @@ pub enum Command {
     /// Profile the whole system (or --pid) for a while and write pprof, folded
     /// stacks, flamegraphs and stats.json.
     Record(RecordArgs),
+    /// Run as an agent: profile continuously and send a report to every configured
+    /// exporter each report interval, until SIGTERM or SIGINT.
+    Run(RunArgs),
     /// Print the BPF map plan (sizes, kernel bytes, formulas) for this machine or
     /// for a given topology, beside the reference agent's off-CPU table.
     Plan(PlanArgs),
@@ -86,11 +89,40 @@ pub struct RecordArgs {
     /// Also sample Kestrel itself.
     #[arg(long)]
     pub profile_self: bool,
+    /// Output formats; repeat for several: pprof, folded, flamegraph, otlp
+    /// (profile.otlp.pb, an ExportProfilesServiceRequest). Default: pprof,
+    /// folded, flamegraph.
+    #[arg(long = "format", value_name = "FORMAT")]
+    pub formats: Vec<String>,
     /// Never draw a progress bar, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
     #[command(flatten)]
     pub rates: RateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Only this process; repeat for several. Default: the whole system.
+    #[arg(long = "pid", short = 'p', value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Seconds between reports.
+    #[arg(long, value_name = "SECONDS")]
+    pub report_interval: Option<f64>,
+    #[command(flatten)]
+    pub rates: RateArgs,
+}
+
+impl RunArgs {
+    pub fn overrides(&self) -> Overrides {
+        let mut o = Overrides::default();
+        self.rates.apply(&mut o);
+        if !self.pids.is_empty() {
+            o.sampling.pids = Some(self.pids.clone());
+        }
+        o.agent.report_interval_s = self.report_interval;
+        o
+    }
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +168,20 @@ pub struct Overrides {
     memory: MemoryOverrides,
     #[serde(skip_serializing_if = "RecordOverrides::is_empty")]
     record: RecordOverrides,
+    #[serde(skip_serializing_if = "AgentOverrides::is_empty")]
+    agent: AgentOverrides,
+}
+
+#[derive(Serialize, Default)]
+struct AgentOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report_interval_s: Option<f64>,
+}
+
+impl AgentOverrides {
+    fn is_empty(&self) -> bool {
+        self.report_interval_s.is_none()
+    }
 }
 
 #[derive(Serialize, Default)]
@@ -198,11 +244,13 @@ struct RecordOverrides {
     duration_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    formats: Option<Vec<String>>,
 }
 
 impl RecordOverrides {
     fn is_empty(&self) -> bool {
-        self.duration_s.is_none() && self.output_dir.is_none()
+        self.duration_s.is_none() && self.output_dir.is_none() && self.formats.is_none()
     }
 }
 
@@ -224,6 +272,9 @@ impl RecordArgs {
         o.record.duration_s = self.duration;
         o.record.output_dir = self.output.clone();
         o.off_cpu.min_duration_us = self.off_cpu_min_duration;
+        if !self.formats.is_empty() {
+            o.record.formats = Some(self.formats.clone());
+        }
         if !self.pids.is_empty() {
             o.sampling.pids = Some(self.pids.clone());
         }

@@ -23,8 +23,39 @@ pub struct Config {
     pub record: Record,
     pub symbols: Symbols,
     pub log: Log,
+    pub agent: Agent,
+    pub telemetry: Telemetry,
+    /// `[[exporters]]`: each table has `kind` (`pprof_dir`, `folded_dir`, `otlp`)
+    /// and that exporter's own keys, checked by the exporter.
+    pub exporters: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Agent {
+    /// Seconds between reports of `kestrel run`.
+    pub report_interval_s: f64,
+    /// Each interval is stretched or shrunk by up to this fraction at random, so a
+    /// fleet does not report in lockstep.
+    pub report_jitter: f64,
+    /// On SIGTERM/SIGINT, the last report and exporter flushes get this long.
+    pub shutdown_deadline_s: f64,
+    /// Seconds between self-metric log lines; 0 turns them off.
+    pub stats_log_interval_s: f64,
+    /// Write the agent's counters as JSON to this file after every report; empty: off.
+    pub stats_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// Export Kestrel's own metrics with OpenTelemetry (OTLP/gRPC).
+    pub enabled: bool,
+    /// The OTLP metrics endpoint, e.g. http://127.0.0.1:4317.
+    pub endpoint: String,
+    /// Seconds between metric exports.
+    pub interval_s: f64,
+}
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Sampling {
@@ -69,6 +100,8 @@ pub struct Record {
     pub duration_s: f64,
     /// Where `kestrel record` writes its files.
     pub output_dir: PathBuf,
+    /// Which files: `pprof`, `folded`, `flamegraph`, `otlp`.
+    pub formats: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -101,6 +134,31 @@ impl Default for Config {
             record: Record::default(),
             symbols: Symbols::default(),
             log: Log::default(),
+            agent: Agent::default(),
+            telemetry: Telemetry::default(),
+            exporters: Vec::new(),
+        }
+    }
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            report_interval_s: 5.0,
+            report_jitter: 0.1,
+            shutdown_deadline_s: 10.0,
+            stats_log_interval_s: 60.0,
+            stats_file: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4317".into(),
+            interval_s: 30.0,
         }
     }
 }
@@ -141,6 +199,7 @@ impl Default for Record {
         Record {
             duration_s: 10.0,
             output_dir: PathBuf::from("./kestrel-out"),
+            formats: vec!["pprof".into(), "folded".into(), "flamegraph".into()],
         }
     }
 }
@@ -321,6 +380,47 @@ fn validate(c: &Config, fig: &Figment) -> Result<()> {
         c.symbols.disk_bytes.to_string(),
         ">= 1048576 (1 MiB)",
     );
+    let a = &c.agent;
+    check(
+        a.report_interval_s.is_finite() && (0.1..=3600.0).contains(&a.report_interval_s),
+        "agent.report_interval_s",
+        a.report_interval_s.to_string(),
+        "0.1..=3600 seconds",
+    );
+    check(
+        a.report_jitter.is_finite() && (0.0..=0.5).contains(&a.report_jitter),
+        "agent.report_jitter",
+        a.report_jitter.to_string(),
+        "0.0..=0.5",
+    );
+    check(
+        a.shutdown_deadline_s.is_finite() && (0.0..=300.0).contains(&a.shutdown_deadline_s),
+        "agent.shutdown_deadline_s",
+        a.shutdown_deadline_s.to_string(),
+        "0..=300 seconds",
+    );
+    check(
+        a.stats_log_interval_s.is_finite() && a.stats_log_interval_s >= 0.0,
+        "agent.stats_log_interval_s",
+        a.stats_log_interval_s.to_string(),
+        ">= 0 seconds (0 = off)",
+    );
+    check(
+        c.telemetry.interval_s.is_finite() && c.telemetry.interval_s >= 1.0,
+        "telemetry.interval_s",
+        c.telemetry.interval_s.to_string(),
+        ">= 1 second",
+    );
+    for (i, e) in c.exporters.iter().enumerate() {
+        let kind = e.get("kind").and_then(|k| k.as_str());
+        let known: Vec<&str> = kestrel_export::exporter_kinds().collect();
+        check(
+            kind.is_some_and(|k| known.contains(&k)),
+            &format!("exporters[{i}].kind"),
+            format!("{:?}", kind.unwrap_or("(missing)")),
+            &format!("one of {}", known.join(", ")),
+        );
+    }
     let levels = ["error", "warn", "info", "debug", "trace"];
     check(
         levels.contains(&c.log.level.as_str()),

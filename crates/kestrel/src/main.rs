@@ -6,7 +6,9 @@ mod config;
 mod logging;
 mod plan_cmd;
 mod record;
+mod run;
 mod stats;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -44,6 +46,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = config::load(config_file.as_deref(), &cli::NoOverrides {})?;
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => {
+            let config = config::load(config_file.as_deref(), &args.overrides())?;
+            logging::init(&config, &cli.logging)?;
+            run::run(&config)
         }
         Command::Record(args) => {
             let config = config::load(config_file.as_deref(), &args.overrides())?;

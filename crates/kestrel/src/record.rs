@@ -9,11 +9,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use kestrel_export::{encode_pprof, flamegraph_svg, folded, FoldedValue};
+use kestrel_export::{
+    encode_pprof, flamegraph_svg, folded, to_otlp_request, FoldedValue, ResourceInfo,
+};
 use kestrel_model::{HostInfo, Profile, SampleValues, StackSample};
 use kestrel_probes::features::choose_off_cpu_hook;
 use kestrel_probes::{KernelFeatures, ProbeConfig, RawSample, SampleKind, Session};
-use kestrel_sizing::{plan, Topology};
+use kestrel_sizing::{plan, MapPlan, Topology};
 use kestrel_symbols::{Symbols, SymbolsConfig};
 use tracing::{info, warn};
 
@@ -237,12 +239,17 @@ pub fn preflight(features: &KernelFeatures, config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
-    let output_dir: PathBuf = config.record.output_dir.clone();
-    prepare_output(&output_dir)?;
+/// The probes started for a configuration, with what was decided on the way.
+pub struct Started {
+    pub session: Session,
+    pub plan: MapPlan,
+    pub topology: Topology,
+}
+
+/// Probe the kernel, plan every map, load and attach: shared by `record` and `run`.
+pub fn start_probes(config: &Config) -> Result<Started> {
     let features = KernelFeatures::probe();
     preflight(&features, config)?;
-
     let topology =
         Topology::detect().context("detecting the CPU topology from /sys/devices/system/cpu")?;
     let probe_config = probe_config(config);
@@ -250,8 +257,23 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
         choose_off_cpu_hook(&probe_config, &features).context("choosing the off-CPU hook")?;
     let inputs = plan_cmd::inputs(config, topology.clone(), plan_cmd::off_cpu_state(hook));
     let map_plan = plan(&inputs).context("computing the BPF map plan")?;
-    let mut session = Session::start(&probe_config, &map_plan, &features, &topology.online)
+    let session = Session::start(&probe_config, &map_plan, &features, &topology.online)
         .context("starting the BPF probes")?;
+    Ok(Started {
+        session,
+        plan: map_plan,
+        topology,
+    })
+}
+
+pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
+    let output_dir: PathBuf = config.record.output_dir.clone();
+    prepare_output(&output_dir)?;
+    let Started {
+        mut session,
+        plan: map_plan,
+        topology,
+    } = start_probes(config)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -355,7 +377,8 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
             config.off_cpu.probability > 0.0,
         )
         .await;
-        let written = write_outputs(&output_dir, &profile)?;
+        // Keep going on a failed file: stats.json and the other files still matter.
+        let written = write_outputs(&output_dir, &profile, &config.record.formats);
         let facts = RunFacts {
             duration: elapsed,
             frequency_hz: config.sampling.frequency_hz,
@@ -371,6 +394,7 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
             interrupted,
         };
         stats::write(&output_dir.join("stats.json"), &facts)?;
+        let written = written?;
         info!(
             dir = %output_dir.display(),
             files = ?written,
@@ -394,7 +418,7 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn drain_into(
+pub fn drain_into(
     session: &mut Session,
     batch: &mut Vec<RawSample>,
     agg: &mut Aggregate,
@@ -426,46 +450,95 @@ fn progress_bar(duration: Duration, disabled: bool) -> Option<ProgressBar> {
     Some(bar)
 }
 
-/// Write the profile files; each is written whole to a temporary name first, so a
-/// failure never leaves a truncated file under the final name.
-pub fn write_outputs(dir: &Path, profile: &Profile) -> Result<Vec<String>> {
+/// Write the profile files in `formats`. Each file is produced and written on its
+/// own, whole to a temporary name first: one failing neither truncates a file
+/// nor stops the others. Returns the names written, or every failure at once.
+pub fn write_outputs(dir: &Path, profile: &Profile, formats: &[String]) -> Result<Vec<String>> {
     let title_base = format!(
         "{} · {:.1} s · {} Hz",
         profile.host.hostname,
         profile.duration.as_secs_f64(),
         profile.frequency_hz
     );
-    let mut files: Vec<(&str, Vec<u8>)> = Vec::new();
-    files.push((
-        "profile.pb.gz",
-        encode_pprof(profile).context("encoding pprof")?,
-    ));
-    let cpu_folded = folded(profile, FoldedValue::CpuSamples);
-    files.push((
-        "flamegraph.svg",
-        flamegraph_svg(
-            &cpu_folded,
-            &format!("Kestrel on-CPU · {title_base}"),
-            "samples",
-        )
-        .context("rendering the flamegraph")?,
-    ));
-    files.push(("profile.folded", cpu_folded.into_bytes()));
-    if profile.off_cpu_enabled {
-        let off = folded(profile, FoldedValue::OffCpuNanoseconds);
-        files.push((
-            "offcpu.svg",
-            flamegraph_svg(&off, &format!("Kestrel off-CPU · {title_base}"), "ns")
-                .context("rendering the off-CPU flamegraph")?,
+    let wants = |f: &str| formats.iter().any(|x| x == f);
+    let mut jobs: Vec<(&str, Box<dyn FnOnce() -> Result<Vec<u8>> + '_>)> = Vec::new();
+    if wants("pprof") {
+        jobs.push((
+            "profile.pb.gz",
+            Box::new(|| encode_pprof(profile).context("encoding pprof")),
         ));
-        files.push(("offcpu.folded", off.into_bytes()));
     }
-    let mut names = Vec::new();
-    for (name, bytes) in files {
-        write_atomic(&dir.join(name), &bytes)?;
-        names.push(name.to_string());
+    let values: &[(FoldedValue, &str, &str, &str, &str)] = if profile.off_cpu_enabled {
+        &[
+            (
+                FoldedValue::CpuSamples,
+                "profile.folded",
+                "flamegraph.svg",
+                "on-CPU",
+                "samples",
+            ),
+            (
+                FoldedValue::OffCpuNanoseconds,
+                "offcpu.folded",
+                "offcpu.svg",
+                "off-CPU",
+                "ns",
+            ),
+        ]
+    } else {
+        &[(
+            FoldedValue::CpuSamples,
+            "profile.folded",
+            "flamegraph.svg",
+            "on-CPU",
+            "samples",
+        )]
+    };
+    for &(value, folded_name, svg_name, what, unit) in values {
+        if wants("folded") {
+            jobs.push((
+                folded_name,
+                Box::new(move || Ok(folded(profile, value).into_bytes())),
+            ));
+        }
+        if wants("flamegraph") {
+            let title = format!("Kestrel {what} · {title_base}");
+            jobs.push((
+                svg_name,
+                Box::new(move || {
+                    flamegraph_svg(&folded(profile, value), &title, unit)
+                        .with_context(|| format!("rendering {svg_name}"))
+                }),
+            ));
+        }
     }
-    Ok(names)
+    if wants("otlp") {
+        jobs.push((
+            "profile.otlp.pb",
+            Box::new(|| {
+                let resource = ResourceInfo::from_host(&profile.host, "kestrel");
+                Ok(prost::Message::encode_to_vec(&to_otlp_request(
+                    profile, &resource,
+                )))
+            }),
+        ));
+    }
+    let mut written = Vec::new();
+    let mut failures = Vec::new();
+    for (name, produce) in jobs {
+        match produce().and_then(|bytes| write_atomic(&dir.join(name), &bytes)) {
+            Ok(()) => written.push(name.to_string()),
+            Err(e) => failures.push(format!("{name}: {e:#}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(written)
+    } else {
+        bail!(
+            "some output files could not be written (the others were): {}",
+            failures.join("; ")
+        )
+    }
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

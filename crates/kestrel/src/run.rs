@@ -1,0 +1,317 @@
+//! `kestrel run`: the agent. Probes run until SIGTERM or SIGINT; every report
+//! interval (with jitter) the aggregated profile goes to each enabled exporter.
+//! A failing exporter never stops sampling or the other exporters.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use kestrel_export::{build_exporter, Exporter};
+use kestrel_symbols::Symbols;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::record::{
+    build_profile, drain_into, monotonic_ns, start_probes, symbols_config, Aggregate, Started,
+};
+use crate::telemetry::{self, Shared};
+
+/// Build every `[[exporters]]` entry; any error names the entry.
+pub fn build_exporters(config: &Config) -> Result<Vec<Box<dyn Exporter>>> {
+    let mut out = Vec::new();
+    for (i, entry) in config.exporters.iter().enumerate() {
+        let mut table = entry.clone();
+        let kind = match table.remove("kind") {
+            Some(serde_json::Value::String(k)) => k,
+            _ => bail!("exporters[{i}] has no `kind`: set kind = \"otlp\", \"pprof_dir\" or \"folded_dir\""),
+        };
+        let exporter = build_exporter(&kind, &serde_json::Value::Object(table))
+            .with_context(|| format!("configuring exporters[{i}] (kind = {kind:?})"))?;
+        out.push(exporter);
+    }
+    Ok(out)
+}
+
+fn jittered(base: Duration, jitter: f64) -> Duration {
+    // A cheap, good-enough spread: the sub-second nanoseconds of the clock.
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let unit = f64::from(nanos) / 1e9 * 2.0 - 1.0; // [-1, 1)
+    base.mul_f64((1.0 + jitter * unit).max(0.01))
+}
+
+pub fn run(config: &Config) -> Result<ExitCode> {
+    if config.exporters.is_empty() {
+        bail!(
+            "no exporters configured: `kestrel run` sends each report to the [[exporters]] of the configuration, e.g.\n\
+             \n  [[exporters]]\n  kind = \"otlp\"\n  endpoint = \"https://collector.example:4317\"\n\
+             \nor kind = \"pprof_dir\" with dir = \"/var/lib/kestrel/pprof\" (see config.toml). \
+             For a one-off profile to local files use `kestrel record`."
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(agent(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn agent(config: &Config) -> Result<()> {
+    // Exporters first: a configuration error must not cost a BPF load.
+    let mut exporters = build_exporters(config)?;
+    let Started {
+        mut session,
+        plan: _,
+        topology,
+    } = start_probes(config)?;
+    let symbols = Symbols::new(symbols_config(config))
+        .await
+        .context("opening the symbol store")?;
+    let shared: Shared = Default::default();
+    let host = crate::record::host_info();
+    let _meter_provider = if config.telemetry.enabled {
+        Some(telemetry::start(
+            &config.telemetry,
+            shared.clone(),
+            &host.hostname,
+        )?)
+    } else {
+        None
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let scale = if config.off_cpu.probability > 0.0 {
+        1.0 / config.off_cpu.probability
+    } else {
+        1.0
+    };
+    let new_aggregate = || Aggregate {
+        off_cpu_scale: scale,
+        ..Aggregate::default()
+    };
+    let mut agg = new_aggregate();
+    let mut batch = Vec::new();
+    let report_every = Duration::from_secs_f64(config.agent.report_interval_s);
+    let mut next_report = Instant::now() + jittered(report_every, config.agent.report_jitter);
+    let mut window_start = SystemTime::now();
+    let mut window_started = Instant::now();
+    let mut last_stats_log = Instant::now();
+    let mut ticker = tokio::time::interval(config.sampling.poll_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut totals = (0u64, 0u64); // (samples, off-CPU waits) over the whole run
+    info!(
+        exporters = exporters.len(),
+        report_interval_s = config.agent.report_interval_s,
+        online_cpus = topology.online.len(),
+        "agent running"
+    );
+
+    let stop_reason = loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+        }
+        if let Err(e) = drain_into(&mut session, &mut batch, &mut agg, &symbols) {
+            warn!(error = %format!("{e:#}"), "draining the ring buffer failed; retrying next poll");
+        }
+        match session.sync_online_cpus() {
+            Ok(change) if !change.is_empty() => {
+                info!(?change.added, ?change.removed, "online CPUs changed")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "could not follow CPU hotplug"),
+        }
+        if Instant::now() >= next_report {
+            let done = std::mem::replace(&mut agg, new_aggregate());
+            totals.0 += done.on_cpu_received;
+            totals.1 += done.off_cpu_waits;
+            report(
+                config,
+                &done,
+                &symbols,
+                window_start,
+                window_started.elapsed(),
+                &mut exporters,
+            )
+            .await;
+            forget_exited(&symbols, &done);
+            window_start = SystemTime::now();
+            window_started = Instant::now();
+            next_report = Instant::now() + jittered(report_every, config.agent.report_jitter);
+            refresh_snapshot(&shared, &session, &symbols, &exporters, totals);
+            write_stats_file(&config.agent.stats_file, &shared);
+        }
+        if config.agent.stats_log_interval_s > 0.0
+            && last_stats_log.elapsed()
+                >= Duration::from_secs_f64(config.agent.stats_log_interval_s)
+        {
+            last_stats_log = Instant::now();
+            refresh_snapshot(
+                &shared,
+                &session,
+                &symbols,
+                &exporters,
+                (totals.0 + agg.on_cpu_received, totals.1 + agg.off_cpu_waits),
+            );
+            let s = telemetry::read(&shared);
+            info!(
+                samples_received = s.samples_received,
+                samples_lost = s.samples_lost,
+                off_cpu_waits = s.off_cpu_waits,
+                bpf_bytes = s.bpf_memory_bytes.values().sum::<u64>(),
+                store_hits = s.store_hits,
+                store_misses = s.store_misses,
+                store_memory_bytes = s.store_memory_bytes,
+                exports = ?s.exports,
+                "agent stats"
+            );
+        }
+    };
+
+    info!(signal = stop_reason, "stopping: flushing the last report");
+    let deadline = Duration::from_secs_f64(config.agent.shutdown_deadline_s);
+    let flush_started = Instant::now();
+    if let Err(e) = drain_into(&mut session, &mut batch, &mut agg, &symbols) {
+        warn!(error = %format!("{e:#}"), "last drain failed");
+    }
+    let mut in_flight = Vec::new();
+    session.flush_in_flight(monotonic_ns(), &mut in_flight);
+    for s in in_flight {
+        agg.add(s);
+    }
+    totals.0 += agg.on_cpu_received;
+    totals.1 += agg.off_cpu_waits;
+    refresh_snapshot(&shared, &session, &symbols, &exporters, totals);
+    drop(session);
+    report(
+        config,
+        &agg,
+        &symbols,
+        window_start,
+        window_started.elapsed(),
+        &mut exporters,
+    )
+    .await;
+    for exporter in &mut exporters {
+        let left = deadline.saturating_sub(flush_started.elapsed());
+        if let Err(e) = exporter.shutdown(left) {
+            warn!(exporter = exporter.name(), error = %e, "exporter did not flush everything before the deadline");
+        }
+    }
+    refresh_exports(&shared, &exporters);
+    write_stats_file(&config.agent.stats_file, &shared);
+    if let Err(e) = symbols.close().await {
+        warn!(error = %e, "closing the symbol store");
+    }
+    info!(
+        samples = totals.0,
+        off_cpu_waits = totals.1,
+        "agent stopped"
+    );
+    Ok(())
+}
+
+async fn report(
+    config: &Config,
+    agg: &Aggregate,
+    symbols: &Symbols,
+    start: SystemTime,
+    duration: Duration,
+    exporters: &mut [Box<dyn Exporter>],
+) {
+    let profile = build_profile(
+        agg,
+        symbols,
+        start,
+        duration,
+        config.sampling.frequency_hz,
+        config.off_cpu.probability > 0.0,
+    )
+    .await;
+    for exporter in exporters.iter_mut() {
+        // Each exporter on its own: one failing must not starve the others.
+        if let Err(e) = exporter.export(&profile) {
+            warn!(exporter = exporter.name(), error = %e, "export failed; the next report is unaffected");
+        }
+    }
+    // Counted here only: the snapshot refreshes also happen between reports.
+    REPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    info!(
+        stacks = profile.samples.len(),
+        samples = agg.on_cpu_received,
+        off_cpu_waits = agg.off_cpu_waits,
+        "report sent to exporters"
+    );
+}
+
+/// Processes that have exited are symbolized for this report and then dropped.
+fn forget_exited(symbols: &Symbols, agg: &Aggregate) {
+    for pid in &agg.pids_seen {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            symbols.forget_process(*pid);
+        }
+    }
+}
+
+static REPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn refresh_exports(shared: &Shared, exporters: &[Box<dyn Exporter>]) {
+    telemetry::update(shared, |s| {
+        s.reports = REPORTS.load(std::sync::atomic::Ordering::Relaxed);
+        s.exports = exporters
+            .iter()
+            .map(|e| (e.name().to_string(), e.stats()))
+            .collect();
+    });
+}
+
+fn refresh_snapshot(
+    shared: &Shared,
+    session: &kestrel_probes::Session,
+    symbols: &Symbols,
+    exporters: &[Box<dyn Exporter>],
+    totals: (u64, u64),
+) {
+    let counters = session.counters().ok();
+    let maps = session.map_memory();
+    let store = symbols.stats();
+    telemetry::update(shared, |s| {
+        s.samples_received = totals.0;
+        s.off_cpu_waits = totals.1;
+        if let Some(c) = counters {
+            s.samples_lost = c.ringbuf_lost;
+        }
+        s.bpf_memory_bytes = maps
+            .iter()
+            .map(|m| (m.name.clone(), m.memlock_bytes))
+            .collect();
+        s.store_hits = store.hits;
+        s.store_misses = store.misses;
+        s.store_memory_bytes = store.memory_bytes;
+        s.store_disk_bytes = store.disk_bytes;
+    });
+    refresh_exports(shared, exporters);
+}
+
+fn write_stats_file(path: &Path, shared: &Shared) {
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    let snapshot = telemetry::read(shared);
+    match serde_json::to_vec_pretty(&snapshot) {
+        Ok(bytes) => {
+            if let Err(e) = crate::record::write_atomic(path, &bytes) {
+                warn!(path = %path.display(), error = %format!("{e:#}"), "writing the stats file failed");
+            }
+        }
+        Err(e) => warn!(error = %e, "encoding the stats file failed"),
+    }
+}
