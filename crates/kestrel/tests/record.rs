@@ -236,3 +236,20 @@ fn unwritable_output_directory_fails_before_recording() {
         "the error says how to fix it: {err}"
     );
 }
+
+#[test]
+fn without_privileges_record_fails_clearly_and_points_at_check() {
+    require_root(); // to drop to nobody
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(KESTREL)
+        .args(["record", "--duration", "1", "-o"])
+        .arg(dir.path())
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert!(!out.status.success(), "record must fail without privileges");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kestrel check") && err.contains("CAP_BPF"), "{err}");
+}
