@@ -25,4 +25,6 @@ pub use otlp::{to_otlp_request, OtlpCompression, OtlpConfig, OtlpExporter, Resou
 pub use pprof::{decode_pprof, encode_pprof, encode_pprof_raw, PprofProfile};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod test_profiles;

@@ -548,3 +548,141 @@ fn report_larger_than_the_whole_queue_is_refused() {
     assert_eq!(exporter.stats().dropped, 1);
     exporter.shutdown(Duration::from_secs(5)).unwrap();
 }
+
+/// Makes a throw-away CA and a `localhost` server certificate with the real openssl CLI.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("`openssl` must be installed for the TLS test");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kestrel test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
+/// Serves `collector` over TLS with the certificates in `dir`.
+fn serve_tls(
+    collector: Collector,
+    dir: &std::path::Path,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(dir.join("server.pem")).unwrap(),
+        std::fs::read(dir.join("server.key")).unwrap(),
+    );
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let incoming = TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            addr_tx.send(incoming.local_addr().unwrap()).unwrap();
+            Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .unwrap()
+                .add_service(
+                    ProfilesServiceServer::new(collector)
+                        .accept_compressed(CompressionEncoding::Gzip),
+                )
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+        });
+    });
+    (addr_rx.recv().unwrap(), stop_tx)
+}
+
+#[test]
+fn tls_is_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let collector = Collector::default();
+    let (addr, _stop) = serve_tls(collector.clone(), dir.path());
+    let secure = |ca_file: Option<std::path::PathBuf>| OtlpConfig {
+        ca_file,
+        max_retries: 0,
+        ..OtlpConfig::new(format!("localhost:{}", addr.port()))
+    };
+
+    // Without our CA the server's certificate is unknown: the handshake fails.
+    let mut untrusting = OtlpExporter::new(secure(None)).unwrap();
+    untrusting.export(&mixed_profile()).unwrap();
+    untrusting.shutdown(Duration::from_secs(20)).unwrap();
+    assert_eq!(
+        (untrusting.stats().exported, untrusting.stats().failed),
+        (0, 1)
+    );
+    assert!(collector.received.lock().unwrap().is_empty());
+
+    let mut trusting = OtlpExporter::new(secure(Some(dir.path().join("ca.pem")))).unwrap();
+    trusting.export(&mixed_profile()).unwrap();
+    trusting.shutdown(Duration::from_secs(20)).unwrap();
+    assert_eq!((trusting.stats().exported, trusting.stats().failed), (1, 0));
+    assert_eq!(collector.received.lock().unwrap().len(), 1);
+}
