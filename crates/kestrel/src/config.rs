@@ -14,7 +14,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 /// Every key of `config.toml`; the root `config.toml` documents each.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub sampling: Sampling,
@@ -123,22 +123,6 @@ pub struct Log {
     pub level: String,
     /// `human` or `json`.
     pub format: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            sampling: Sampling::default(),
-            off_cpu: OffCpu::default(),
-            memory: Memory::default(),
-            record: Record::default(),
-            symbols: Symbols::default(),
-            log: Log::default(),
-            agent: Agent::default(),
-            telemetry: Telemetry::default(),
-            exporters: Vec::new(),
-        }
-    }
 }
 
 impl Default for Agent {
@@ -441,6 +425,8 @@ fn validate(c: &Config, fig: &Figment) -> Result<()> {
 }
 
 #[cfg(test)]
+// figment's Jail returns its large error type by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -461,7 +461,8 @@ pub fn write_outputs(dir: &Path, profile: &Profile, formats: &[String]) -> Resul
         profile.frequency_hz
     );
     let wants = |f: &str| formats.iter().any(|x| x == f);
-    let mut jobs: Vec<(&str, Box<dyn FnOnce() -> Result<Vec<u8>> + '_>)> = Vec::new();
+    type Produce<'a> = Box<dyn FnOnce() -> Result<Vec<u8>> + 'a>;
+    let mut jobs: Vec<(&str, Produce<'_>)> = Vec::new();
     if wants("pprof") {
         jobs.push((
             "profile.pb.gz",

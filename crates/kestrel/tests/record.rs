@@ -241,9 +241,19 @@ fn unwritable_output_directory_fails_before_recording() {
 fn without_privileges_record_fails_clearly_and_points_at_check() {
     require_root(); // to drop to nobody
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(KESTREL)
         .args(["record", "--duration", "1", "-o"])
         .arg(dir.path())
@@ -251,5 +261,8 @@ fn without_privileges_record_fails_clearly_and_points_at_check() {
         .expect("setpriv (util-linux) runs");
     assert!(!out.status.success(), "record must fail without privileges");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("kestrel check") && err.contains("CAP_BPF"), "{err}");
+    assert!(
+        err.contains("kestrel check") && err.contains("CAP_BPF"),
+        "{err}"
+    );
 }
