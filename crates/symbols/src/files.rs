@@ -127,10 +127,10 @@ fn open_mapped_file(pid: u32, entry: &MapsEntry<'_>) -> std::io::Result<File> {
             return by_path;
         }
     }
-    let map_files = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
-    match File::open(map_files) {
-        Ok(file) => Ok(file),
-        // No map_files access: a path that opened is better than nothing.
-        Err(e) => by_path.or(Err(e)),
-    }
+    // The path is gone or names another file now (replaced on upgrade): only the
+    // mapped file itself gives the right symbols for this process's offsets.
+    File::open(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        entry.start, entry.end
+    ))
 }

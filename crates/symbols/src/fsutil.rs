@@ -128,4 +128,63 @@ mod tests {
         let err = open_in_process_root(pid, link.to_str().unwrap()).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
     }
+
+    /// A chrooted process whose root holds an absolute symlink to a host
+    /// directory: the symlink must resolve inside its root, never to the host.
+    #[test]
+    fn absolute_symlinks_in_another_root_stay_inside_it() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("waiter");
+        let src = root.path().join("waiter.c");
+        std::fs::write(
+            &src,
+            "#include <unistd.h>\nint main(void){char b[8];while(read(0,b,8)>0){}return 0;}\n",
+        )
+        .unwrap();
+        let built = Command::new("gcc")
+            .arg("-static")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(
+            built.success(),
+            "gcc -static failed (libc6-dev provides libc.a)"
+        );
+        // Inside the root: /escape -> /etc (absolute), and its own /etc/hostname.
+        std::os::unix::fs::symlink("/etc", root.path().join("escape")).unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/hostname"), b"inside-the-root\n").unwrap();
+
+        let mut child = Command::new("chroot")
+            .arg(root.path())
+            .arg("/waiter")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // chroot(8) execs the waiter; wait until the pid's root is the new one.
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{pid}/root")).unwrap() != root.path() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chroot did not happen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+
+        let mut f = open_in_process_root(pid, "/escape/hostname").unwrap();
+        let (bytes, _) = read_capped(&mut f, 100).unwrap();
+        assert_eq!(
+            bytes, b"inside-the-root\n",
+            "the symlink escaped to the host's /etc"
+        );
+
+        child.stdin.take().unwrap().write_all(b"").unwrap();
+        child.wait().unwrap();
+    }
 }

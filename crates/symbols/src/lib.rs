@@ -184,6 +184,10 @@ impl Symbols {
     /// opened and identified once), executable, name, build ID, container ID. A
     /// no-op (one read-locked map lookup) when already captured. Never fails: a
     /// vanished pid is remembered as gone with whatever could be read.
+    ///
+    /// The capture stands until [`Symbols::forget_process`]: a pid reused by a new
+    /// process before that keeps the old capture (libraries loaded later are
+    /// picked up when an address falls outside every captured mapping).
     pub fn observe_process(&self, pid: u32) {
         let _ = self.process(pid);
     }
@@ -236,6 +240,14 @@ impl Symbols {
         let mut perf_map_refreshed = false;
         let mut plans = Vec::with_capacity(stack.len());
         for (i, &address) in stack.iter().enumerate() {
+            if address == 0 {
+                // A zero terminator or a lost frame: nothing to look up.
+                plans.push(Plan::Unknown {
+                    kind: FrameKind::Native,
+                    mapping: None,
+                });
+                continue;
+            }
             let lookup = lookup_address(i, address);
             let mut found = ProcessState::find(&mappings, lookup).cloned();
             if found.is_none() && !maps_reread {
@@ -535,6 +547,17 @@ mod tests {
     #[test]
     fn symbols_is_send_and_sync() {
         assert_send_sync::<Symbols>();
+    }
+
+    /// Compile-time check: the binary spawns these futures on a multi-threaded
+    /// runtime.
+    #[allow(dead_code)]
+    fn futures_are_send(symbols: &Symbols) {
+        fn is_send<T: Send>(_: T) {}
+        is_send(Symbols::new(SymbolsConfig::default()));
+        is_send(symbols.symbolize_user(1, &[]));
+        is_send(symbols.symbolize_kernel(&[]));
+        is_send(symbols.close());
     }
 
     #[test]
