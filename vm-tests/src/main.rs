@@ -1,1 +1,419 @@
-fn main() {}
+//! Kestrel's VM test rig: boots Debian's 6.1 and 6.12 cloud kernels under
+//! QEMU (TCG) with varied vCPU topologies and a CPU hot-plug case, runs
+//! `kestrel plan` and `kestrel record` inside, and checks that Kestrel's
+//! kernel memory follows the online CPUs, not the possible ones.
+//! See vm-tests/README.md.
+
+mod checks;
+mod console;
+mod guest;
+mod host;
+mod initramfs;
+mod kernels;
+mod qmp;
+mod report;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use crate::checks::Accounting;
+use crate::guest::{GuestSpec, Scenario};
+use crate::kernels::{GuestKernel, Series};
+use crate::report::{Report, Row, Status};
+
+/// Boot guest kernels with varied vCPU topologies and check Kestrel's memory bounds.
+#[derive(Debug, Parser)]
+#[command(name = "kestrel-vm-tests")]
+struct Cli {
+    /// Only the documented CI subset (see README.md) instead of the full matrix.
+    #[arg(long)]
+    quick: bool,
+    /// Kernel series to boot, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "6.1,6.12", value_parser = parse_series)]
+    kernels: Vec<Series>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Use this kestrel binary instead of building target/release/kestrel.
+    #[arg(long, value_name = "PATH")]
+    kestrel: Option<PathBuf>,
+    /// Where kernels, the initramfs and guest logs go.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Seconds a guest may take from boot to power-off before it is killed.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    guest_timeout: u64,
+    /// Guests booted at once (each TCG guest keeps up to `online` host threads busy).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    jobs: usize,
+    /// Only guests whose label contains this text (e.g. "6.12 2/8").
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
+}
+
+fn parse_series(text: &str) -> Result<Series, String> {
+    text.parse().map_err(|e: anyhow::Error| e.to_string())
+}
+
+/// Seconds `kestrel record` runs in the hot-plug guest: long enough for the
+/// host to plug two vCPUs after Kestrel starts, the guest to online them,
+/// them to run for `HOTPLUG_OFFLINE_AFTER_S`, and one to go offline again.
+const HOTPLUG_RECORD_S: u32 = 10;
+const HOTPLUG_OFFLINE_AFTER_S: u32 = 3;
+const RECORD_S: u32 = 5;
+
+/// The guests of one kernel. (O, O) guests for every O used are included:
+/// they are the baselines of the possible-CPU growth.
+fn matrix(series: Series, quick: bool) -> Vec<GuestSpec> {
+    let topologies: &[(u32, u32)] = if quick {
+        &[(2, 2), (4, 4), (2, 64), (4, 240)]
+    } else {
+        &[
+            (1, 1),
+            (2, 2),
+            (4, 4),
+            (2, 8),
+            (2, 64),
+            (1, 128),
+            (4, 240),
+            (2, 1024),
+        ]
+    };
+    let mut specs: Vec<GuestSpec> = topologies
+        .iter()
+        .map(|&(online, possible)| GuestSpec {
+            series: series.to_string(),
+            online,
+            possible,
+            scenario: Scenario::Matrix,
+            record_s: RECORD_S,
+        })
+        .collect();
+    specs.push(GuestSpec {
+        series: series.to_string(),
+        online: 2,
+        possible: 8,
+        scenario: Scenario::Hotplug {
+            add: 2,
+            offline_after_s: HOTPLUG_OFFLINE_AFTER_S,
+        },
+        record_s: HOTPLUG_RECORD_S,
+    });
+    specs
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Builds kestrel in release mode (unless a binary was given) and returns it.
+fn kestrel_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        if !path.is_file() {
+            bail!("--kestrel {}: no such file", path.display());
+        }
+        return Ok(path);
+    }
+    let root = workspace_root();
+    eprintln!("vm-tests: cargo build --release -p kestrel");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "kestrel"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p kestrel failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target.join("release").join("kestrel");
+    if !binary.is_file() {
+        bail!("cargo built kestrel but {} is missing", binary.display());
+    }
+    Ok(binary)
+}
+
+fn run_one(
+    spec: &GuestSpec,
+    kernel: &GuestKernel,
+    initramfs: &Path,
+    runs_dir: &Path,
+    limit: Duration,
+) -> Row {
+    let mut row = Row::skipped(spec.clone(), String::new());
+    row.skipped_because = None;
+    row.kernel_release = Some(kernel.release.clone());
+    let accounting = Accounting::of(kernel.series);
+    row.accounting = Some(accounting);
+    row.accounting_label = Some(accounting.label());
+    let work_dir = runs_dir.join(spec.slug());
+    match guest::run(spec, kernel, initramfs, &work_dir, limit) {
+        Err(e) => {
+            row.checks.push(checks::Check {
+                name: "guest started".into(),
+                passed: false,
+                detail: format!("{e:#}"),
+            });
+        }
+        Ok(run) => {
+            row.elapsed_s = run.elapsed.as_secs_f64();
+            row.console_log = Some(run.console_log.display().to_string());
+            row.checks.push(checks::Check {
+                name: "within the time limit".into(),
+                passed: !run.timed_out,
+                detail: if run.timed_out {
+                    format!("killed after {} s", limit.as_secs())
+                } else {
+                    format!(
+                        "{:.0} s, QEMU exit {}",
+                        run.elapsed.as_secs_f64(),
+                        run.qemu_status
+                            .map_or("by signal".to_owned(), |c| c.to_string())
+                    )
+                },
+            });
+            let output = console::parse(&run.console);
+            for (name, bytes) in &output.files {
+                let _ = std::fs::write(work_dir.join(name), bytes);
+            }
+            let (found, figures) =
+                checks::evaluate(spec, kernel.series, &output, run.hotplug.as_ref());
+            row.checks.extend(found);
+            row.figures = figures;
+        }
+    }
+    row.status = Status::Fail;
+    row.settle();
+    row
+}
+
+/// Adds the possible-CPU growth check to every matrix guest with P > O.
+fn add_growth_checks(rows: &mut [Row]) {
+    let baselines: BTreeMap<(String, u32), (u64, u64)> = rows
+        .iter()
+        .filter(|r| {
+            r.status == Status::Pass
+                && r.guest.scenario == Scenario::Matrix
+                && r.guest.online == r.guest.possible
+        })
+        .filter_map(|r| {
+            Some((
+                (r.guest.series.clone(), r.guest.online),
+                (r.figures.measured_bytes?, r.figures.planned_bytes?),
+            ))
+        })
+        .collect();
+    for row in rows.iter_mut() {
+        if row.status == Status::Skip
+            || row.guest.scenario != Scenario::Matrix
+            || row.guest.possible == row.guest.online
+        {
+            continue;
+        }
+        let (Some(measured), Some(planned)) =
+            (row.figures.measured_bytes, row.figures.planned_bytes)
+        else {
+            continue; // already failed: nothing was measured
+        };
+        let baseline = baselines
+            .get(&(row.guest.series.clone(), row.guest.online))
+            .copied();
+        let (check, growth) =
+            checks::growth_check(row.guest.possible, (measured, planned), baseline);
+        row.checks.push(check);
+        row.growth = growth;
+        row.settle();
+    }
+}
+
+fn run(cli: Cli) -> Result<Report> {
+    let started = Instant::now();
+    let cache = cli
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("cache"));
+    std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    host::ensure_tools()?;
+    let kestrel = kestrel_binary(cli.kestrel.clone())?;
+
+    let mut kernels = Vec::new();
+    for series in &cli.kernels {
+        let kernel = kernels::ensure(*series, &cache)
+            .with_context(|| format!("getting the {series} guest kernel"))?;
+        eprintln!(
+            "vm-tests: {series}: {} ({})",
+            kernel.package,
+            kernel.vmlinuz.display()
+        );
+        kernels.push(kernel);
+    }
+    let build_dir = cache.join("build");
+    std::fs::create_dir_all(&build_dir)?;
+    let initramfs = initramfs::build(&build_dir, &kestrel).context("building the initramfs")?;
+    eprintln!(
+        "vm-tests: initramfs {} ({} bytes)",
+        initramfs.display(),
+        std::fs::metadata(&initramfs).map(|m| m.len()).unwrap_or(0)
+    );
+
+    let runs_dir = cache.join("runs");
+    let mut planned: Vec<(usize, GuestSpec, Option<String>)> = Vec::new();
+    for (kernel_index, kernel) in kernels.iter().enumerate() {
+        for spec in matrix(kernel.series, cli.quick) {
+            if let Some(only) = &cli.only {
+                if !spec.label().contains(only.as_str()) {
+                    continue;
+                }
+            }
+            let skip = guest::unsupported_reason(&spec, kernel.series);
+            planned.push((kernel_index, spec, skip));
+        }
+    }
+    if planned.is_empty() {
+        bail!("no guest matches --only {:?}", cli.only.unwrap_or_default());
+    }
+
+    let total = planned.len();
+    let queue = Mutex::new(planned.into_iter().enumerate().collect::<VecDeque<_>>());
+    let results: Mutex<Vec<(usize, Row)>> = Mutex::new(Vec::new());
+    let limit = Duration::from_secs(cli.guest_timeout);
+    std::thread::scope(|scope| {
+        for _ in 0..cli.jobs.max(1) {
+            scope.spawn(|| {
+                while let Some((index, (kernel_index, spec, skip))) =
+                    queue.lock().ok().and_then(|mut q| q.pop_front())
+                {
+                    let row = match skip {
+                        Some(reason) => Row::skipped(spec, reason),
+                        None => {
+                            run_one(&spec, &kernels[kernel_index], &initramfs, &runs_dir, limit)
+                        }
+                    };
+                    eprintln!(
+                        "vm-tests: [{}/{total}] {:<18} {:?} in {:.0} s",
+                        index + 1,
+                        row.label,
+                        row.status,
+                        row.elapsed_s
+                    );
+                    if let Ok(mut results) = results.lock() {
+                        results.push((index, row));
+                    }
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by_key(|(index, _)| *index);
+    let mut rows: Vec<Row> = results.into_iter().map(|(_, row)| row).collect();
+    add_growth_checks(&mut rows);
+    Ok(Report::new(rows, started.elapsed().as_secs_f64()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json.clone();
+    match run(cli) {
+        Ok(report) => {
+            print!("{}", report::render(&report));
+            if let Some(path) = json {
+                let written = serde_json::to_string_pretty(&report)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|text| std::fs::write(&path, text).map_err(anyhow::Error::from));
+                if let Err(e) = written {
+                    eprintln!("vm-tests: writing {}: {e:#}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            if report.all_passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("vm-tests: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_guest_with_more_possible_cpus_has_its_baseline_in_the_matrix() {
+        for quick in [false, true] {
+            let specs = matrix("6.12".parse().unwrap(), quick);
+            for spec in specs.iter().filter(|s| s.possible > s.online) {
+                assert!(
+                    specs.iter().any(|b| b.online == spec.online
+                        && b.possible == spec.online
+                        && b.scenario == Scenario::Matrix),
+                    "{spec} has no ({0}, {0}) baseline (quick = {quick})",
+                    spec.online
+                );
+            }
+            assert!(specs
+                .iter()
+                .any(|s| matches!(s.scenario, Scenario::Hotplug { .. })));
+        }
+        let full = matrix("6.1".parse().unwrap(), false);
+        for (online, possible) in [(1, 1), (2, 8), (2, 64), (1, 128), (4, 240), (2, 1024)] {
+            assert!(full
+                .iter()
+                .any(|s| s.online == online && s.possible == possible));
+        }
+    }
+
+    fn matrix_row(series: &str, online: u32, possible: u32, measured: u64, status: Status) -> Row {
+        let mut row = Row::skipped(
+            GuestSpec {
+                series: series.into(),
+                online,
+                possible,
+                scenario: Scenario::Matrix,
+                record_s: 5,
+            },
+            String::new(),
+        );
+        row.skipped_because = None;
+        row.status = status;
+        row.figures.measured_bytes = Some(measured);
+        row.figures.planned_bytes = Some(measured + 100);
+        row.checks.push(checks::Check {
+            name: "earlier".into(),
+            passed: status == Status::Pass,
+            detail: String::new(),
+        });
+        row
+    }
+
+    #[test]
+    fn growth_compares_with_the_same_kernel_and_online_count() {
+        let mut rows = vec![
+            matrix_row("6.1", 2, 2, 500_000, Status::Pass),
+            matrix_row("6.12", 2, 2, 550_000, Status::Pass),
+            matrix_row("6.12", 2, 64, 700_000, Status::Pass),
+            matrix_row("6.12", 4, 240, 1_600_000, Status::Pass), // no 4/4 baseline
+            matrix_row("6.1", 2, 64, 2_000_000, Status::Pass),   // grows too much
+        ];
+        add_growth_checks(&mut rows);
+        assert_eq!(rows[2].growth.unwrap().measured_bytes, 150_000);
+        assert_eq!(rows[2].status, Status::Pass);
+        assert_eq!(rows[3].status, Status::Fail);
+        assert!(rows[3].checks.last().unwrap().detail.contains("baseline"));
+        assert_eq!(rows[4].growth.unwrap().measured_bytes, 1_500_000);
+        assert_eq!(rows[4].status, Status::Fail);
+        assert!(rows[0].growth.is_none() && rows[0].status == Status::Pass);
+    }
+}

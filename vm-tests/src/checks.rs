@@ -1,0 +1,801 @@
+//! What a guest must show, checked over what it sent back: `stats.json` from
+//! `kestrel record`, `kestrel plan --json`, the record log and the /init events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::console::GuestOutput;
+use crate::guest::{GuestSpec, HotplugLog, Scenario};
+use crate::kernels::Series;
+
+/// Every BPF map together must stay within this (Kestrel's default cap).
+pub const TOTAL_BOUND_BYTES: u64 = 8 * 1024 * 1024;
+/// The part that grows with possible CPUs must stay within this…
+pub const GROWTH_BOUND_BYTES: u64 = 1024 * 1024;
+/// …up to this many possible CPUs (the issue's bound; larger guests report
+/// their growth without a bound).
+pub const GROWTH_BOUND_UP_TO_POSSIBLE: u32 = 240;
+/// On 6.4+ kernels a map's `memlock:` may differ from the plan by 1 %, or by
+/// this many bytes for small maps: the plan's cost model uses 6.18's struct
+/// sizes, and on 6.12 `struct bpf_map` is 48 B smaller (every array and ring
+/// buffer reads 48 B under the plan) and `struct bpf_local_storage_map` 16 B.
+pub const STRUCT_SIZE_SLACK_BYTES: u64 = 64;
+/// `PAGE_SIZE` of the x86_64 guests.
+const PAGE_SIZE: u64 = 4096;
+
+/// The parts of `stats.json` the checks read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Stats {
+    pub online_cpus: u32,
+    pub online_cpus_at_end: u32,
+    pub possible_cpus: u32,
+    pub samples: Samples,
+    pub maps: Vec<MapStats>,
+    pub total_memlock_bytes: u64,
+    pub total_planned_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Samples {
+    pub received: u64,
+    pub per_cpu: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MapStats {
+    pub name: String,
+    pub map_type: String,
+    pub max_entries: u32,
+    /// The plan's bytes at floor.
+    pub planned_bytes: u64,
+    /// What fdinfo's `memlock:` said.
+    pub memlock_bytes: u64,
+}
+
+/// The parts of `kestrel plan --json` the checks read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Plan {
+    pub total_bytes_floor: u64,
+    pub total_bytes_cap: u64,
+    pub maps: Vec<PlanMap>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PlanMap {
+    pub name: String,
+    /// The kernel's name of the type (`percpu_array`, `ringbuf`, …).
+    pub map_type: String,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub bytes_floor: u64,
+}
+
+/// Which figure a kernel's `memlock:` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accounting {
+    /// Linux 6.4+: the map's real usage (`map_mem_usage`), comparable with
+    /// the plan.
+    MemUsage,
+    /// Linux < 6.4: `bpf_map_memory_footprint()`, a page-rounded estimate
+    /// from key, value and max_entries alone. Compared with the rig's model
+    /// of that estimate, never with the plan.
+    FootprintEstimate,
+}
+
+impl Accounting {
+    pub fn of(series: Series) -> Accounting {
+        if series.reports_real_map_memory() {
+            Accounting::MemUsage
+        } else {
+            Accounting::FootprintEstimate
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Accounting::MemUsage => "kernel map_mem_usage (6.4+), compared with the plan",
+            Accounting::FootprintEstimate => {
+                "kernel footprint ESTIMATE (< 6.4, page-rounded, not real usage), compared with the rig's model of that estimate"
+            }
+        }
+    }
+}
+
+/// `bpf_map_memory_footprint()` of Linux < 6.4 (kernel/bpf/syscall.c), which
+/// fdinfo prints as `memlock:`: `round_up(max_entries × round_up(key +
+/// value', 8), PAGE_SIZE)` where value' is `round_up(value, 8) × possible
+/// CPUs` for per-CPU maps. Ring buffers (key and value 0) and task storage
+/// (max_entries 0) therefore read 0.
+pub fn footprint_estimate(
+    map_type: &str,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    possible_cpus: u32,
+) -> u64 {
+    let value = match map_type {
+        "percpu_array" | "percpu_hash" | "lru_percpu_hash" | "percpu_cgroup_storage" => {
+            u64::from(value_size).div_ceil(8) * 8 * u64::from(possible_cpus)
+        }
+        _ => u64::from(value_size),
+    };
+    let element = (u64::from(key_size) + value).div_ceil(8) * 8;
+    (u64::from(max_entries) * element).div_ceil(PAGE_SIZE) * PAGE_SIZE
+}
+
+/// One map: what the kernel said against what it should say.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MapComparison {
+    pub name: String,
+    pub map_type: String,
+    pub memlock_bytes: u64,
+    /// The plan's bytes (at floor).
+    pub planned_bytes: u64,
+    /// What `memlock_bytes` is compared with: the plan (6.4+) or the model
+    /// of the 6.1 estimate.
+    pub expected_bytes: u64,
+    pub expected_from: &'static str,
+    pub passed: bool,
+}
+
+/// Compares every map of `stats` under `accounting`.
+pub fn compare_maps(stats: &Stats, plan: &Plan, accounting: Accounting) -> Vec<MapComparison> {
+    stats
+        .maps
+        .iter()
+        .map(|map| {
+            let planned = plan.maps.iter().find(|row| row.name == map.name);
+            let (expected_bytes, expected_from, passed) = match (accounting, planned) {
+                (Accounting::MemUsage, _) => {
+                    let expected = map.planned_bytes;
+                    let slack = (expected / 100).max(STRUCT_SIZE_SLACK_BYTES);
+                    (
+                        expected,
+                        "plan",
+                        map.memlock_bytes.abs_diff(expected) <= slack,
+                    )
+                }
+                (Accounting::FootprintEstimate, Some(row)) => {
+                    let expected = footprint_estimate(
+                        &row.map_type,
+                        row.key_size,
+                        row.value_size,
+                        map.max_entries,
+                        stats.possible_cpus,
+                    );
+                    (
+                        expected,
+                        "6.1 estimate model",
+                        map.memlock_bytes == expected,
+                    )
+                }
+                (Accounting::FootprintEstimate, None) => (0, "missing from the plan", false),
+            };
+            MapComparison {
+                name: map.name.clone(),
+                map_type: planned
+                    .map(|row| row.map_type.clone())
+                    .unwrap_or_else(|| map.map_type.clone()),
+                memlock_bytes: map.memlock_bytes,
+                planned_bytes: map.planned_bytes,
+                expected_bytes,
+                expected_from,
+                passed,
+            }
+        })
+        .collect()
+}
+
+/// One named check and its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &str, passed: bool, detail: impl Into<String>) -> Check {
+        Check {
+            name: name.to_owned(),
+            passed,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The figures a guest produced, beside its checks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    pub online_cpus: Option<u32>,
+    pub possible_cpus: Option<u32>,
+    pub online_cpus_at_end: Option<u32>,
+    pub samples_received: Option<u64>,
+    pub samples_per_cpu: BTreeMap<String, u64>,
+    /// Sum of the maps' `memlock:` (see `accounting`).
+    pub measured_bytes: Option<u64>,
+    /// Sum of the plan's map bytes at floor.
+    pub planned_bytes: Option<u64>,
+    /// The plan's most (`total_bytes_cap`).
+    pub planned_cap_bytes: Option<u64>,
+    pub maps: Vec<MapComparison>,
+}
+
+fn samples_on(stats: &Stats, cpu: u32) -> u64 {
+    stats
+        .samples
+        .per_cpu
+        .get(&cpu.to_string())
+        .copied()
+        .unwrap_or(0)
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(
+    output: &GuestOutput,
+    name: &str,
+    checks: &mut Vec<Check>,
+) -> Option<T> {
+    match output.file(name) {
+        None => {
+            checks.push(Check::new(
+                &format!("{name} received"),
+                false,
+                "the guest did not send it (see the console log)",
+            ));
+            None
+        }
+        Some(bytes) => match serde_json::from_slice(bytes) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                checks.push(Check::new(
+                    &format!("{name} parses"),
+                    false,
+                    format!(
+                        "{e}: {}",
+                        String::from_utf8_lossy(bytes)
+                            .chars()
+                            .take(200)
+                            .collect::<String>()
+                    ),
+                ));
+                None
+            }
+        },
+    }
+}
+
+fn exit_check(output: &GuestOutput, step: &str, checks: &mut Vec<Check>) {
+    let log = output
+        .file(&format!("{step}-log"))
+        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+        .unwrap_or_default();
+    let last_lines: Vec<&str> = log.lines().rev().take(3).collect();
+    match output.exit_code(step) {
+        Some(0) => checks.push(Check::new(&format!("kestrel {step} exit 0"), true, "0")),
+        Some(code) => checks.push(Check::new(
+            &format!("kestrel {step} exit 0"),
+            false,
+            format!(
+                "exit {code}: {}",
+                last_lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ),
+        )),
+        None => checks.push(Check::new(
+            &format!("kestrel {step} exit 0"),
+            false,
+            "the guest never reported an exit status",
+        )),
+    }
+}
+
+/// Checks one guest's output; the possible-CPU growth is checked later,
+/// across guests ([`growth_check`]).
+pub fn evaluate(
+    spec: &GuestSpec,
+    series: Series,
+    output: &GuestOutput,
+    hotplug: Option<&HotplugLog>,
+) -> (Vec<Check>, Figures) {
+    let mut checks = Vec::new();
+    let mut figures = Figures::default();
+    checks.push(Check::new(
+        "console transfer intact",
+        output.problems.is_empty(),
+        output.problems.join("; "),
+    ));
+    checks.push(Check::new(
+        "guest ran to the end",
+        output.finished(),
+        if output.finished() {
+            ""
+        } else {
+            "no `done` event"
+        },
+    ));
+    exit_check(output, "plan", &mut checks);
+    exit_check(output, "record", &mut checks);
+
+    let stats: Option<Stats> = parse_json(output, "stats", &mut checks);
+    let plan: Option<Plan> = parse_json(output, "plan", &mut checks);
+    let Some(stats) = stats else {
+        return (checks, figures);
+    };
+    figures.online_cpus = Some(stats.online_cpus);
+    figures.possible_cpus = Some(stats.possible_cpus);
+    figures.online_cpus_at_end = Some(stats.online_cpus_at_end);
+    figures.samples_received = Some(stats.samples.received);
+    figures.samples_per_cpu = stats.samples.per_cpu.clone();
+    figures.measured_bytes = Some(stats.total_memlock_bytes);
+    figures.planned_bytes = Some(stats.total_planned_bytes);
+
+    checks.push(Check::new(
+        "topology as asked",
+        stats.online_cpus == spec.online && stats.possible_cpus == spec.possible,
+        format!(
+            "guest saw online {} / possible {}, asked {} / {}",
+            stats.online_cpus, stats.possible_cpus, spec.online, spec.possible
+        ),
+    ));
+    let silent: Vec<u32> = (0..spec.online)
+        .filter(|cpu| samples_on(&stats, *cpu) == 0)
+        .collect();
+    checks.push(Check::new(
+        "samples on every online CPU",
+        silent.is_empty(),
+        if silent.is_empty() {
+            format!("per CPU {:?}", stats.samples.per_cpu)
+        } else {
+            format!(
+                "no samples from CPUs {silent:?}; per CPU {:?}",
+                stats.samples.per_cpu
+            )
+        },
+    ));
+
+    let accounting = Accounting::of(series);
+    if let Some(plan) = &plan {
+        figures.planned_cap_bytes = Some(plan.total_bytes_cap);
+        figures.maps = compare_maps(&stats, plan, accounting);
+        let wrong: Vec<String> = figures
+            .maps
+            .iter()
+            .filter(|m| !m.passed)
+            .map(|m| {
+                format!(
+                    "{} memlock {} vs {} {}",
+                    m.name, m.memlock_bytes, m.expected_from, m.expected_bytes
+                )
+            })
+            .collect();
+        let name = match accounting {
+            Accounting::MemUsage => "each map's memlock = plan (1 % or 64 B)",
+            Accounting::FootprintEstimate => "each map's memlock = 6.1 estimate model (exact)",
+        };
+        checks.push(Check::new(
+            name,
+            wrong.is_empty() && !figures.maps.is_empty(),
+            if figures.maps.is_empty() {
+                "stats.json lists no maps".to_owned()
+            } else {
+                wrong.join("; ")
+            },
+        ));
+        let planned_total: u64 = plan.maps.iter().map(|m| m.bytes_floor).sum();
+        checks.push(Check::new(
+            "stats' plan = kestrel plan",
+            planned_total == stats.total_planned_bytes && planned_total == plan.total_bytes_floor,
+            format!(
+                "record planned {} B, `kestrel plan` {} B",
+                stats.total_planned_bytes, plan.total_bytes_floor
+            ),
+        ));
+        checks.push(Check::new(
+            "total <= 8 MiB",
+            stats.total_memlock_bytes <= TOTAL_BOUND_BYTES
+                && plan.total_bytes_cap <= TOTAL_BOUND_BYTES,
+            format!(
+                "measured {} B, plan at cap {} B",
+                stats.total_memlock_bytes, plan.total_bytes_cap
+            ),
+        ));
+    }
+
+    if let Scenario::Hotplug { add, .. } = spec.scenario {
+        hotplug_checks(spec, add, output, hotplug, &stats, &mut checks);
+    }
+    (checks, figures)
+}
+
+fn log_mentions(log: &str, message: &str, cpu: u32) -> bool {
+    let field = format!("cpu={cpu}");
+    log.lines()
+        .any(|line| line.contains(message) && line.split_whitespace().any(|word| word == field))
+}
+
+fn hotplug_checks(
+    spec: &GuestSpec,
+    add: u32,
+    output: &GuestOutput,
+    hotplug: Option<&HotplugLog>,
+    stats: &Stats,
+    checks: &mut Vec<Check>,
+) {
+    let plugged = hotplug.map(|h| h.plugged.len()).unwrap_or(0);
+    checks.push(Check::new(
+        "QMP hot-added the vCPUs",
+        plugged == add as usize,
+        match hotplug {
+            Some(log) => match &log.error {
+                Some(error) => error.clone(),
+                None => format!(
+                    "{plugged} plugged at {:.1} s: {}",
+                    log.plugged_at_s.unwrap_or(0.0),
+                    serde_json::to_string(&log.plugged).unwrap_or_default()
+                ),
+            },
+            None => "no QMP log".to_owned(),
+        },
+    ));
+    let onlined: Vec<u32> = output
+        .events_of("cpu-online")
+        .filter_map(|cpu| cpu.trim().parse().ok())
+        .collect();
+    checks.push(Check::new(
+        "guest brought them online",
+        onlined.len() == add as usize,
+        format!("onlined {onlined:?}"),
+    ));
+    let silent: Vec<u32> = onlined
+        .iter()
+        .copied()
+        .filter(|cpu| samples_on(stats, *cpu) == 0)
+        .collect();
+    checks.push(Check::new(
+        "samples from the added CPUs",
+        !onlined.is_empty() && silent.is_empty(),
+        format!("per CPU {:?}", stats.samples.per_cpu),
+    ));
+    let offlined: Vec<u32> = output
+        .events_of("cpu-offline")
+        .filter_map(|cpu| cpu.trim().parse().ok())
+        .collect();
+    let log = output
+        .file("record-log")
+        .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+        .unwrap_or_default();
+    let not_followed: Vec<String> = onlined
+        .iter()
+        .filter(|cpu| !log_mentions(&log, "CPU came online", **cpu))
+        .map(|cpu| format!("online {cpu}"))
+        .chain(
+            offlined
+                .iter()
+                .filter(|cpu| !log_mentions(&log, "CPU went offline", **cpu))
+                .map(|cpu| format!("offline {cpu}")),
+        )
+        .collect();
+    checks.push(Check::new(
+        "kestrel logged each change",
+        offlined.len() == 1 && not_followed.is_empty(),
+        format!("offlined {offlined:?}; not logged: {not_followed:?}"),
+    ));
+    let expected_at_end = spec.online + add - 1;
+    checks.push(Check::new(
+        "online CPUs at the end",
+        stats.online_cpus_at_end == expected_at_end,
+        format!(
+            "kestrel saw {} online at the end, expected {expected_at_end}",
+            stats.online_cpus_at_end
+        ),
+    ));
+}
+
+/// The growth with possible CPUs of one guest: its totals minus those of
+/// the (O, O) guest of the same kernel and online count.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Growth {
+    pub measured_bytes: i64,
+    pub planned_bytes: i64,
+    /// None where the issue sets no bound (past 240 possible CPUs).
+    pub bound_bytes: Option<u64>,
+}
+
+/// Growth of a guest with `possible` > `online` over its baseline; a check
+/// that fails past the bound, or without a usable baseline.
+pub fn growth_check(
+    possible: u32,
+    row: (u64, u64),
+    baseline: Option<(u64, u64)>,
+) -> (Check, Option<Growth>) {
+    let Some((base_measured, base_planned)) = baseline else {
+        return (
+            Check::new(
+                "possible-CPU growth <= 1 MiB",
+                false,
+                "no passing (O, O) baseline guest of this kernel to compare with",
+            ),
+            None,
+        );
+    };
+    let growth = Growth {
+        measured_bytes: row.0 as i64 - base_measured as i64,
+        planned_bytes: row.1 as i64 - base_planned as i64,
+        bound_bytes: (possible <= GROWTH_BOUND_UP_TO_POSSIBLE).then_some(GROWTH_BOUND_BYTES),
+    };
+    let within = |bytes: i64| growth.bound_bytes.is_none_or(|bound| bytes <= bound as i64);
+    let passed = within(growth.measured_bytes) && within(growth.planned_bytes);
+    let detail = format!(
+        "measured +{} B, planned +{} B over the (O, O) guest{}",
+        growth.measured_bytes,
+        growth.planned_bytes,
+        if growth.bound_bytes.is_none() {
+            "; no bound past 240 possible CPUs (reported only)"
+        } else {
+            ""
+        }
+    );
+    (
+        Check::new("possible-CPU growth <= 1 MiB", passed, detail),
+        Some(growth),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(online: u32, possible: u32, scenario: Scenario) -> GuestSpec {
+        GuestSpec {
+            series: "6.12".into(),
+            online,
+            possible,
+            scenario,
+            record_s: 5,
+        }
+    }
+
+    /// stats.json and plan JSON as a 6.12 guest with 2 online / 8 possible
+    /// CPUs sent them (trimmed to the fields read).
+    fn guest_files(
+        per_cpu: serde_json::Value,
+        scratch_memlock: u64,
+    ) -> (serde_json::Value, serde_json::Value) {
+        let stats = json!({
+            "online_cpus": 2, "online_cpus_at_end": 2, "possible_cpus": 8,
+            "samples": {"received": 174, "per_cpu": per_cpu},
+            "maps": [
+                {"name": "events", "map_type": "RingBuf", "max_entries": 524288, "planned_bytes": 538952, "memlock_bytes": 538904},
+                {"name": "scratch", "map_type": "PercpuArray", "max_entries": 1, "planned_bytes": 16960, "memlock_bytes": scratch_memlock},
+                {"name": "counters", "map_type": "Array", "max_entries": 16, "planned_bytes": 440, "memlock_bytes": 392},
+                {"name": "offcpu_task", "map_type": "TaskStorage", "max_entries": 0, "planned_bytes": 576, "memlock_bytes": 560},
+                {"name": "rodata", "map_type": "Array", "max_entries": 1, "planned_bytes": 8192, "memlock_bytes": 8192}
+            ],
+            "total_memlock_bytes": 538904 + scratch_memlock + 392 + 560 + 8192,
+            "total_planned_bytes": 565120
+        });
+        let plan = json!({
+            "total_bytes_floor": 565120, "total_bytes_cap": 958336, "total_bytes": 958336,
+            "maps": [
+                {"name": "events", "map_type": "ringbuf", "key_size": 0, "value_size": 0, "max_entries": 524288, "bytes_floor": 538952},
+                {"name": "scratch", "map_type": "percpu_array", "key_size": 4, "value_size": 2080, "max_entries": 1, "bytes_floor": 16960},
+                {"name": "counters", "map_type": "array", "key_size": 4, "value_size": 8, "max_entries": 16, "bytes_floor": 440},
+                {"name": "offcpu_task", "map_type": "task_storage", "key_size": 4, "value_size": 16, "max_entries": 0, "bytes_floor": 576},
+                {"name": "rodata", "map_type": "array", "key_size": 4, "value_size": 64, "max_entries": 1, "bytes_floor": 8192}
+            ]
+        });
+        (stats, plan)
+    }
+
+    fn output(
+        stats: &serde_json::Value,
+        plan: &serde_json::Value,
+        events: &[&str],
+        log: &str,
+    ) -> GuestOutput {
+        let mut out = GuestOutput::default();
+        out.files
+            .insert("stats".into(), stats.to_string().into_bytes());
+        out.files
+            .insert("plan".into(), plan.to_string().into_bytes());
+        out.files
+            .insert("record-log".into(), log.as_bytes().to_vec());
+        out.events = ["rc plan 0", "rc record 0"]
+            .iter()
+            .chain(events)
+            .chain(&["done"])
+            .map(|e| e.to_string())
+            .collect();
+        out
+    }
+
+    fn failed(checks: &[Check]) -> Vec<&str> {
+        checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn the_6_1_estimate_model_reproduces_the_measured_figures() {
+        // ENVIRONMENT.md, 6.1 guest with 128 possible CPUs.
+        assert_eq!(
+            footprint_estimate("lru_percpu_hash", 8, 8, 4096, 128),
+            4_227_072
+        );
+        assert_eq!(
+            footprint_estimate("lru_percpu_hash", 8, 8, 65536, 128),
+            67_633_152
+        );
+        assert_eq!(footprint_estimate("lru_hash", 8, 8, 4096, 128), 65_536);
+        assert_eq!(footprint_estimate("hash", 8, 8, 4096, 128), 65_536);
+        assert_eq!(footprint_estimate("percpu_array", 4, 2048, 1, 128), 266_240);
+        assert_eq!(footprint_estimate("ringbuf", 0, 0, 1 << 20, 128), 0);
+        // And Kestrel's maps as a 6.1 guest with 1 online / 128 possible
+        // CPUs reported them.
+        assert_eq!(footprint_estimate("percpu_array", 4, 2080, 1, 128), 270_336);
+        assert_eq!(footprint_estimate("array", 4, 8, 16, 128), 4096);
+        assert_eq!(footprint_estimate("task_storage", 4, 16, 0, 128), 0);
+    }
+
+    #[test]
+    fn a_good_6_12_guest_passes_every_check() {
+        let (stats, plan) = guest_files(json!({"0": 87, "1": 87}), 16912);
+        let out = output(&stats, &plan, &[], "");
+        let (checks, figures) = evaluate(
+            &spec(2, 8, Scenario::Matrix),
+            "6.12".parse().unwrap(),
+            &out,
+            None,
+        );
+        assert_eq!(failed(&checks), Vec::<&str>::new(), "{checks:#?}");
+        assert_eq!(figures.measured_bytes, Some(564_960));
+        assert_eq!(figures.planned_bytes, Some(565_120));
+        assert_eq!(figures.maps.len(), 5);
+        assert!(figures.maps.iter().all(|m| m.expected_from == "plan"));
+    }
+
+    #[test]
+    fn a_silent_cpu_a_wrong_topology_and_a_map_off_the_plan_fail() {
+        let (stats, plan) = guest_files(json!({"0": 87}), 16960 + 2000);
+        let out = output(&stats, &plan, &[], "");
+        let (checks, figures) = evaluate(
+            &spec(2, 16, Scenario::Matrix),
+            "6.12".parse().unwrap(),
+            &out,
+            None,
+        );
+        let failed = failed(&checks);
+        assert!(
+            failed.contains(&"samples on every online CPU"),
+            "{failed:?}"
+        );
+        assert!(failed.contains(&"topology as asked"), "{failed:?}");
+        assert!(
+            failed.contains(&"each map's memlock = plan (1 % or 64 B)"),
+            "{failed:?}"
+        );
+        let scratch = figures.maps.iter().find(|m| m.name == "scratch").unwrap();
+        assert!(!scratch.passed);
+    }
+
+    #[test]
+    fn on_6_1_maps_are_compared_with_the_estimate_model_not_the_plan() {
+        let (mut stats, plan) = guest_files(json!({"0": 87, "1": 87}), 0);
+        // What 6.1 printed for these maps at 8 possible CPUs.
+        let memlock = [
+            0,
+            footprint_estimate("percpu_array", 4, 2080, 1, 8),
+            4096,
+            0,
+            4096,
+        ];
+        for (map, bytes) in stats["maps"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .zip(memlock)
+        {
+            map["memlock_bytes"] = json!(bytes);
+        }
+        stats["total_memlock_bytes"] = json!(memlock.iter().sum::<u64>());
+        let out = output(&stats, &plan, &[], "");
+        let series = "6.1".parse().unwrap();
+        let (checks, figures) = evaluate(&spec(2, 8, Scenario::Matrix), series, &out, None);
+        assert_eq!(failed(&checks), Vec::<&str>::new(), "{checks:#?}");
+        assert!(figures
+            .maps
+            .iter()
+            .all(|m| m.expected_from == "6.1 estimate model"));
+        assert_eq!(figures.maps[1].expected_bytes, 20480);
+
+        // The same figures are not "equal to the plan" and must not pass as 6.4+.
+        let (checks, _) = evaluate(
+            &spec(2, 8, Scenario::Matrix),
+            "6.12".parse().unwrap(),
+            &out,
+            None,
+        );
+        assert!(failed(&checks).contains(&"each map's memlock = plan (1 % or 64 B)"));
+    }
+
+    #[test]
+    fn a_failed_record_and_a_torn_transfer_fail_with_the_reason() {
+        let mut out = GuestOutput {
+            events: vec!["rc plan 0".into(), "rc record 1".into()],
+            ..GuestOutput::default()
+        };
+        out.files.insert(
+            "record-log".into(),
+            b"Error: loading the BPF programs\nCaused by: Invalid argument (os error 22)".to_vec(),
+        );
+        out.problems.push("file \"stats\" torn".into());
+        let (checks, figures) = evaluate(
+            &spec(1, 1, Scenario::Matrix),
+            "6.1".parse().unwrap(),
+            &out,
+            None,
+        );
+        let record = checks
+            .iter()
+            .find(|c| c.name == "kestrel record exit 0")
+            .unwrap();
+        assert!(!record.passed);
+        assert!(record.detail.contains("os error 22"), "{}", record.detail);
+        let failed = failed(&checks);
+        assert!(failed.contains(&"console transfer intact"));
+        assert!(failed.contains(&"guest ran to the end"));
+        assert!(failed.contains(&"stats received"));
+        assert_eq!(figures.measured_bytes, None);
+    }
+
+    #[test]
+    fn hotplug_needs_samples_from_the_added_cpus_and_logged_changes() {
+        let (mut stats, plan) = guest_files(json!({"0": 90, "1": 88, "2": 40, "3": 12}), 16912);
+        stats["online_cpus_at_end"] = json!(3);
+        let log = "INFO kestrel_probes::session: CPU came online: sampling on it started cpu=2\n\
+                   INFO kestrel_probes::session: CPU came online: sampling on it started cpu=3\n\
+                   INFO kestrel_probes::session: CPU went offline: sampling on it stopped cpu=3\n";
+        let events = ["recording", "cpu-online 2", "cpu-online 3", "cpu-offline 3"];
+        let hot = Scenario::Hotplug {
+            add: 2,
+            offline_after_s: 3,
+        };
+        let plugged = HotplugLog {
+            plugged: vec![json!({"socket-id": 2}), json!({"socket-id": 3})],
+            plugged_at_s: Some(9.0),
+            error: None,
+        };
+        let series = "6.12".parse().unwrap();
+        let out = output(&stats, &plan, &events, log);
+        let (checks, _) = evaluate(&spec(2, 8, hot), series, &out, Some(&plugged));
+        assert_eq!(failed(&checks), Vec::<&str>::new(), "{checks:#?}");
+
+        // CPU 3 never sampled, and Kestrel never said it went offline.
+        let (mut silent, _) = guest_files(json!({"0": 90, "1": 88, "2": 40}), 16912);
+        silent["online_cpus_at_end"] = json!(3);
+        let quiet_log = log.lines().take(2).collect::<Vec<_>>().join("\n");
+        let out = output(&silent, &plan, &events, &quiet_log);
+        let (checks, _) = evaluate(&spec(2, 8, hot), series, &out, Some(&plugged));
+        assert_eq!(
+            failed(&checks),
+            ["samples from the added CPUs", "kestrel logged each change"]
+        );
+    }
+
+    #[test]
+    fn growth_is_bounded_up_to_240_possible_cpus_and_needs_a_baseline() {
+        let (check, growth) = growth_check(240, (1_577_824, 1_577_984), Some((556_000, 556_200)));
+        assert!(check.passed, "{check:?}");
+        assert_eq!(growth.unwrap().measured_bytes, 1_021_824);
+        let (check, _) = growth_check(240, (1_700_000, 1_700_000), Some((556_000, 556_200)));
+        assert!(!check.passed);
+        let (check, growth) = growth_check(1024, (5_000_000, 5_000_000), Some((556_000, 556_000)));
+        assert!(check.passed && growth.unwrap().bound_bytes.is_none());
+        let (check, growth) = growth_check(64, (600_000, 600_000), None);
+        assert!(!check.passed && growth.is_none());
+    }
+}
