@@ -91,6 +91,12 @@ pub struct OffCpu {
 pub struct Memory {
     /// Kernel memory cap for all of Kestrel's BPF maps together, in bytes.
     pub bpf_cap_bytes: u64,
+    /// Grow the ring buffer when a drain finds it more than this fraction full.
+    pub ring_grow_above: f64,
+    /// Shrink it when drains find it less than this fraction full ...
+    pub ring_shrink_below: f64,
+    /// ... for this many seconds in a row.
+    pub ring_shrink_after_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -174,6 +180,9 @@ impl Default for Memory {
     fn default() -> Self {
         Memory {
             bpf_cap_bytes: 8 * 1024 * 1024,
+            ring_grow_above: 0.5,
+            ring_shrink_below: 0.125,
+            ring_shrink_after_s: 60.0,
         }
     }
 }
@@ -363,6 +372,27 @@ fn validate(c: &Config, fig: &Figment) -> Result<()> {
         "symbols.disk_bytes",
         c.symbols.disk_bytes.to_string(),
         ">= 1048576 (1 MiB)",
+    );
+    let m = &c.memory;
+    check(
+        m.ring_grow_above.is_finite() && m.ring_grow_above > 0.0 && m.ring_grow_above <= 1.0,
+        "memory.ring_grow_above",
+        m.ring_grow_above.to_string(),
+        "0 < fraction <= 1",
+    );
+    check(
+        m.ring_shrink_below.is_finite()
+            && m.ring_shrink_below >= 0.0
+            && m.ring_shrink_below * 2.0 < m.ring_grow_above,
+        "memory.ring_shrink_below",
+        m.ring_shrink_below.to_string(),
+        "0 <= fraction < ring_grow_above / 2 (the gap keeps the size from flapping)",
+    );
+    check(
+        m.ring_shrink_after_s.is_finite() && m.ring_shrink_after_s > 0.0,
+        "memory.ring_shrink_after_s",
+        m.ring_shrink_after_s.to_string(),
+        "> 0 seconds",
     );
     let a = &c.agent;
     check(

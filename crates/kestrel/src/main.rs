@@ -5,10 +5,12 @@ mod cli;
 mod config;
 mod logging;
 mod plan_cmd;
+mod privileges;
 mod record;
 mod run;
 mod stats;
 mod telemetry;
+mod tiers;
 
 use std::process::ExitCode;
 

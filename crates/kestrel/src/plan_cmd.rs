@@ -23,6 +23,7 @@ pub fn inputs(config: &Config, topology: Topology, off_cpu_state: OffCpuState) -
         memory_cap_bytes: config.memory.bpf_cap_bytes,
         pid_filter_len: u32::try_from(config.sampling.pids.len()).unwrap_or(u32::MAX),
         off_cpu_state,
+        events_bytes: None,
     }
 }
 

@@ -15,7 +15,7 @@ use kestrel_export::{
 use kestrel_model::{HostInfo, Profile, SampleValues, StackSample};
 use kestrel_probes::features::choose_off_cpu_hook;
 use kestrel_probes::{KernelFeatures, ProbeConfig, RawSample, SampleKind, Session};
-use kestrel_sizing::{plan, MapPlan, Topology};
+use kestrel_sizing::{plan, Topology};
 use kestrel_symbols::{Symbols, SymbolsConfig};
 use tracing::{info, warn};
 
@@ -23,6 +23,7 @@ use crate::cli::RecordArgs;
 use crate::config::Config;
 use crate::plan_cmd;
 use crate::stats::{self, RunFacts};
+use crate::tiers::LiveTiers;
 
 /// One aggregation key: a thread and its two stacks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -242,8 +243,9 @@ pub fn preflight(features: &KernelFeatures, config: &Config) -> Result<()> {
 /// The probes started for a configuration, with what was decided on the way.
 pub struct Started {
     pub session: Session,
-    pub plan: MapPlan,
     pub topology: Topology,
+    /// Follows the ring buffer's fill and the CPUs; owns the current plan.
+    pub tiers: LiveTiers,
 }
 
 /// Probe the kernel, plan every map, load and attach: shared by `record` and `run`.
@@ -259,10 +261,12 @@ pub fn start_probes(config: &Config) -> Result<Started> {
     let map_plan = plan(&inputs).context("computing the BPF map plan")?;
     let session = Session::start(&probe_config, &map_plan, &features, &topology.online)
         .context("starting the BPF probes")?;
+    let tiers = LiveTiers::new(config, inputs, map_plan, features, probe_config)?;
+    crate::privileges::drop_after_attach(crate::privileges::Reload::Possible);
     Ok(Started {
         session,
-        plan: map_plan,
         topology,
+        tiers,
     })
 }
 
@@ -271,9 +275,11 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
     prepare_output(&output_dir)?;
     let Started {
         mut session,
-        plan: map_plan,
         topology,
+        mut tiers,
     } = start_probes(config)?;
+    // Again without the capabilities just dropped (CAP_DAC_OVERRIDE among them).
+    prepare_output(&output_dir)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -316,14 +322,7 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
                 _ = ticker.tick() => {}
                 _ = &mut ctrl_c => { interrupted = true; }
             }
-            drain_into(&mut session, &mut batch, &mut agg, &symbols)?;
-            match session.sync_online_cpus() {
-                Ok(change) if !change.is_empty() => {
-                    info!(?change.added, ?change.removed, "online CPUs changed")
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "could not follow CPU hotplug"),
-            }
+            poll_once(&mut session, &mut tiers, &mut batch, &mut agg, &symbols)?;
             let elapsed = started.elapsed();
             match &bar {
                 Some(bar) => {
@@ -347,7 +346,7 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
             }
         }
         let elapsed = started.elapsed();
-        drain_into(&mut session, &mut batch, &mut agg, &symbols)?;
+        poll_once(&mut session, &mut tiers, &mut batch, &mut agg, &symbols)?;
         let mut in_flight = Vec::new();
         session.flush_in_flight(monotonic_ns(), &mut in_flight);
         for s in in_flight {
@@ -384,7 +383,8 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
             frequency_hz: config.sampling.frequency_hz,
             topology: &topology,
             online_at_end: cpus_at_end.len() as u32,
-            plan: &map_plan,
+            plan: tiers.plan(),
+            replans: &tiers.replans,
             maps: &maps,
             counters: &counters,
             agg: &agg,
@@ -418,14 +418,30 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn drain_into(
+/// One poll: drain the ring, aggregate, follow CPU hotplug, and let the live
+/// tiers re-plan; samples drained from a replaced ring are aggregated too.
+pub fn poll_once(
     session: &mut Session,
+    tiers: &mut LiveTiers,
     batch: &mut Vec<RawSample>,
     agg: &mut Aggregate,
     symbols: &Symbols,
 ) -> Result<()> {
     batch.clear();
     session.drain(batch).context("draining the ring buffer")?;
+    match session.sync_online_cpus() {
+        Ok(change) if !change.is_empty() => {
+            info!(added = ?change.added, removed = ?change.removed, "online CPUs changed");
+            if let Err(e) = tiers.topology_changed(session, &change, batch) {
+                warn!(error = %format!("{e:#}"), "re-planning after the CPU change failed");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not follow CPU hotplug"),
+    }
+    if let Err(e) = tiers.after_drain(session, batch) {
+        warn!(error = %format!("{e:#}"), "the live tiers could not check the ring buffer");
+    }
     for s in batch.drain(..) {
         let pid = s.pid;
         if agg.add(s) {

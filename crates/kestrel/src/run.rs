@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::record::{
-    build_profile, drain_into, monotonic_ns, start_probes, symbols_config, Aggregate, Started,
+    build_profile, monotonic_ns, poll_once, start_probes, symbols_config, Aggregate, Started,
 };
 use crate::telemetry::{self, Shared};
 
@@ -67,8 +67,8 @@ async fn agent(config: &Config) -> Result<()> {
     let mut exporters = build_exporters(config)?;
     let Started {
         mut session,
-        plan: _,
         topology,
+        mut tiers,
     } = start_probes(config)?;
     let symbols = Symbols::new(symbols_config(config))
         .await
@@ -119,15 +119,8 @@ async fn agent(config: &Config) -> Result<()> {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
         }
-        if let Err(e) = drain_into(&mut session, &mut batch, &mut agg, &symbols) {
+        if let Err(e) = poll_once(&mut session, &mut tiers, &mut batch, &mut agg, &symbols) {
             warn!(error = %format!("{e:#}"), "draining the ring buffer failed; retrying next poll");
-        }
-        match session.sync_online_cpus() {
-            Ok(change) if !change.is_empty() => {
-                info!(?change.added, ?change.removed, "online CPUs changed")
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "could not follow CPU hotplug"),
         }
         if Instant::now() >= next_report {
             let done = std::mem::replace(&mut agg, new_aggregate());
@@ -179,7 +172,7 @@ async fn agent(config: &Config) -> Result<()> {
     info!(signal = stop_reason, "stopping: flushing the last report");
     let deadline = Duration::from_secs_f64(config.agent.shutdown_deadline_s);
     let flush_started = Instant::now();
-    if let Err(e) = drain_into(&mut session, &mut batch, &mut agg, &symbols) {
+    if let Err(e) = poll_once(&mut session, &mut tiers, &mut batch, &mut agg, &symbols) {
         warn!(error = %format!("{e:#}"), "last drain failed");
     }
     let mut in_flight = Vec::new();

@@ -11,6 +11,7 @@ use kestrel_symbols::StoreStats;
 use serde::Serialize;
 
 use crate::record::{write_atomic, Aggregate};
+use crate::tiers::ReplanRecord;
 
 pub struct RunFacts<'a> {
     pub duration: Duration,
@@ -18,6 +19,7 @@ pub struct RunFacts<'a> {
     pub topology: &'a Topology,
     pub online_at_end: u32,
     pub plan: &'a MapPlan,
+    pub replans: &'a [ReplanRecord],
     pub maps: &'a [MapMemory],
     pub counters: &'a Counters,
     pub agg: &'a Aggregate,
@@ -90,6 +92,9 @@ struct Stats<'a> {
     total_memlock_bytes: u64,
     total_planned_bytes: u64,
     plan_cap_bytes: u64,
+    /// The plan's total at its floor (what an idle agent holds).
+    plan_floor_bytes: u64,
+    replans: &'a [ReplanRecord],
     counters: &'a Counters,
     symbols: &'a StoreStats,
 }
@@ -156,6 +161,8 @@ pub fn write(path: &Path, f: &RunFacts<'_>) -> Result<()> {
         total_memlock_bytes: maps.iter().map(|m| m.memlock_bytes).sum(),
         total_planned_bytes: maps.iter().map(|m| m.planned_bytes).sum(),
         plan_cap_bytes: f.plan.total_bytes_cap,
+        plan_floor_bytes: f.plan.total_bytes_floor,
+        replans: f.replans,
         maps,
         counters: c,
         symbols: &f.symbols,

@@ -106,6 +106,9 @@ pub trait Probe: Send {
     }
     /// A CPU went offline while running.
     fn cpu_offline(&mut self, _cpu: u32) {}
+    /// Drop every attachment (the programs stay loaded): used to swap in a
+    /// re-planned object.
+    fn detach(&mut self);
     /// Number of live attachments (links).
     fn attachments(&self) -> usize;
 }

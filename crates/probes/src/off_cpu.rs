@@ -57,6 +57,10 @@ impl Probe for OffCpuProbe {
         Ok(())
     }
 
+    fn detach(&mut self) {
+        self.links.clear();
+    }
+
     fn attachments(&self) -> usize {
         self.links.len()
     }

@@ -81,6 +81,10 @@ impl Probe for OnCpuProbe {
         self.links.remove(&cpu);
     }
 
+    fn detach(&mut self) {
+        self.links.clear();
+    }
+
     fn attachments(&self) -> usize {
         self.links.len()
     }

@@ -44,6 +44,32 @@ pub struct Counters {
     pub off_cpu_pending_dropped: u64,
 }
 
+impl Counters {
+    /// Field-wise sum, to carry counters across a swap. The in-flight gauge is
+    /// not summed: the old session's in-flight waits were flushed at the swap.
+    fn plus(&self, o: &Counters) -> Counters {
+        Counters {
+            on_cpu_seen: self.on_cpu_seen + o.on_cpu_seen,
+            on_cpu_sent: self.on_cpu_sent + o.on_cpu_sent,
+            idle_skipped: self.idle_skipped + o.idle_skipped,
+            ringbuf_lost: self.ringbuf_lost + o.ringbuf_lost,
+            kernel_stack_errors: self.kernel_stack_errors + o.kernel_stack_errors,
+            user_stack_errors: self.user_stack_errors + o.user_stack_errors,
+            off_cpu_switches: self.off_cpu_switches + o.off_cpu_switches,
+            off_cpu_sampled: self.off_cpu_sampled + o.off_cpu_sampled,
+            off_cpu_wakes: self.off_cpu_wakes + o.off_cpu_wakes,
+            off_cpu_short: self.off_cpu_short + o.off_cpu_short,
+            off_cpu_store_full: self.off_cpu_store_full + o.off_cpu_store_full,
+            off_cpu_in_flight: self.off_cpu_in_flight,
+            off_cpu_exit_cleaned: self.off_cpu_exit_cleaned + o.off_cpu_exit_cleaned,
+            scratch_missing: self.scratch_missing + o.scratch_missing,
+            malformed_records: self.malformed_records + o.malformed_records,
+            off_cpu_unmatched_wakes: self.off_cpu_unmatched_wakes + o.off_cpu_unmatched_wakes,
+            off_cpu_pending_dropped: self.off_cpu_pending_dropped + o.off_cpu_pending_dropped,
+        }
+    }
+}
+
 /// Kernel memory of one map, measured from `/proc/self/fdinfo`.
 #[derive(Debug, Clone, Serialize)]
 pub struct MapMemory {
@@ -109,16 +135,20 @@ pub struct Session {
     object: Object,
     inbox: Arc<Mutex<Vec<Record>>>,
     malformed: Arc<AtomicU64>,
+    /// Ring bytes (records + kernel headers) consumed since last taken.
+    drained_bytes: Arc<AtomicU64>,
     pending_blocks: HashMap<u32, RawSample>,
     unmatched_wakes: u64,
     pending_dropped: u64,
     online: Vec<u32>,
     off_cpu_hook: Option<OffCpuHook>,
+    /// Counters of the sessions this one replaced.
+    carried: Counters,
 }
 
 impl Session {
-    /// Open, size from `plan`, load, attach every probe the configuration enables.
-    pub fn start(
+    /// Open, size from `plan` and load, without attaching.
+    fn load(
         config: &ProbeConfig,
         plan: &MapPlan,
         features: &KernelFeatures,
@@ -207,6 +237,7 @@ impl Session {
 
         let inbox: Arc<Mutex<Vec<Record>>> = Arc::new(Mutex::new(Vec::new()));
         let malformed = Arc::new(AtomicU64::new(0));
+        let drained_bytes = Arc::new(AtomicU64::new(0));
         let ring = {
             let events = object
                 .maps()
@@ -215,8 +246,15 @@ impl Session {
             let mut builder = RingBufferBuilder::new();
             let sink = Arc::clone(&inbox);
             let bad = Arc::clone(&malformed);
+            let drained = Arc::clone(&drained_bytes);
             builder
                 .add(&events, move |bytes: &[u8]| {
+                    // What the record occupied in the ring: the kernel's 8-byte
+                    // header plus the data rounded up to 8.
+                    drained.fetch_add(
+                        8 + (bytes.len() as u64).next_multiple_of(8),
+                        Ordering::Relaxed,
+                    );
                     match parse_record(bytes) {
                         Ok(record) => match sink.lock() {
                             Ok(mut v) => v.push(record),
@@ -239,27 +277,88 @@ impl Session {
         };
 
         let online: Vec<u32> = online.iter().collect();
-        let mut session = Session {
+        let session = Session {
             ring,
             probes,
             object,
             inbox,
             malformed,
+            drained_bytes,
             pending_blocks: HashMap::new(),
             unmatched_wakes: 0,
             pending_dropped: 0,
-            online: online.clone(),
+            online,
             off_cpu_hook,
+            carried: Counters::default(),
         };
-        for probe in &mut session.probes {
-            probe.attach(&session.object, &online)?;
+        Ok(session)
+    }
+
+    /// Open, size from `plan`, load, and attach every probe the configuration
+    /// enables.
+    pub fn start(
+        config: &ProbeConfig,
+        plan: &MapPlan,
+        features: &KernelFeatures,
+        online: &CpuSet,
+    ) -> Result<Session, ProbeError> {
+        let mut session = Self::load(config, plan, features, online)?;
+        session.attach()?;
+        Ok(session)
+    }
+
+    fn attach(&mut self) -> Result<(), ProbeError> {
+        for probe in &mut self.probes {
+            probe.attach(&self.object, &self.online)?;
             info!(
                 probe = probe.name(),
                 attachments = probe.attachments(),
                 "probe attached"
             );
         }
-        Ok(session)
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        for probe in &mut self.probes {
+            probe.detach();
+        }
+    }
+
+    /// Swap in a session sized by `plan` (a re-plan): the new object is loaded
+    /// first, so a failure leaves this one running; then the old programs are
+    /// detached, the new ones attached, and the old ring drained into `out`
+    /// so nothing collected is lost. Waits in flight at the swap are reported
+    /// up to `now_ns()` (the new programs never saw them start). The gap
+    /// between detach and attach is the time to open the per-CPU perf events.
+    pub fn replace(
+        &mut self,
+        config: &ProbeConfig,
+        plan: &MapPlan,
+        features: &KernelFeatures,
+        now_ns: impl Fn() -> u64,
+        out: &mut Vec<RawSample>,
+    ) -> Result<(), ProbeError> {
+        let online: CpuSet = self.online.iter().copied().collect();
+        let mut next = Self::load(config, plan, features, &online)?;
+        self.detach();
+        if let Err(e) = next.attach() {
+            // Keep sampling with what we had.
+            warn!(error = %e, "attaching the re-planned programs failed; keeping the old ones");
+            self.attach()?;
+            return Err(e);
+        }
+        self.drain(out)?;
+        self.flush_in_flight(now_ns(), out);
+        // Counters are cumulative across swaps: carry the old ones over.
+        next.carried = self.counters()?;
+        std::mem::swap(self, &mut next);
+        Ok(())
+    }
+
+    /// Ring bytes consumed by drains since the last call.
+    pub fn take_drained_bytes(&self) -> u64 {
+        self.drained_bytes.swap(0, Ordering::Relaxed)
     }
 
     /// The off-CPU hook in use, when off-CPU is enabled.
@@ -387,7 +486,7 @@ impl Session {
                 }
             }
         }
-        Ok(Counters {
+        let own = Counters {
             on_cpu_seen: values[0],
             on_cpu_sent: values[1],
             idle_skipped: values[2],
@@ -406,7 +505,8 @@ impl Session {
             malformed_records: self.malformed.load(Ordering::Relaxed),
             off_cpu_unmatched_wakes: self.unmatched_wakes,
             off_cpu_pending_dropped: self.pending_dropped,
-        })
+        };
+        Ok(own.plus(&self.carried))
     }
 
     /// Threads with an in-flight off-CPU entry, when the store can be listed

@@ -20,6 +20,7 @@ mod error;
 mod map_type;
 mod plan;
 mod reference;
+pub mod tiers;
 mod topology;
 
 pub use cpuset::{CpuSet, MAX_CPU_ID};
@@ -33,6 +34,7 @@ pub use plan::{
     OFFCPU_ENTRIES_FLOOR, OFFCPU_VALUE_BYTES, PID_FILTER_MAX_LEN, RINGBUF_RECORD_HEADER_BYTES,
 };
 pub use reference::{read_pid_max, read_pid_max_from, reference_cost, ReferenceCost, PID_MAX_PATH};
+pub use tiers::{ReplanReason, Resize, RingTracker, TierPolicy};
 pub use topology::{Topology, SYSFS_CPU_DIR};
 
 /// Bytes of the fixed header of every sample record; must equal

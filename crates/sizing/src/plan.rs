@@ -65,6 +65,10 @@ pub struct PlanInputs {
     /// Number of PIDs to filter on; 0 profiles every process (no filter map).
     pub pid_filter_len: u32,
     pub off_cpu_state: OffCpuState,
+    /// The `events` ring buffer's size as the live tiers chose it (a re-plan
+    /// after growth or shrink); `None` starts at the size the on-CPU rate needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_bytes: Option<u32>,
 }
 
 fn serialize_millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -83,6 +87,7 @@ impl Default for PlanInputs {
             memory_cap_bytes: DEFAULT_MEMORY_CAP_BYTES,
             pid_filter_len: 0,
             off_cpu_state: OffCpuState::TaskStorage,
+            events_bytes: None,
         }
     }
 }
@@ -112,6 +117,9 @@ pub struct MapRow {
     /// What user space sets with `bpf_map__set_max_entries` before load; for
     /// a ring buffer its data size in bytes; 0 for task storage.
     pub max_entries: u32,
+    /// The most `max_entries` may become when the live tiers grow the map
+    /// (re-plan and swap); equal to `max_entries` for maps that never grow.
+    pub max_entries_cap: u32,
     pub map_flags: u32,
     /// True when the kernel allocates all of the map's memory at creation.
     pub preallocated: bool,
@@ -141,6 +149,7 @@ struct MapRowJson {
     key_size: u32,
     value_size: u32,
     max_entries: u32,
+    max_entries_cap: u32,
     map_flags: u32,
     preallocated: bool,
     scales_with_possible_cpus: bool,
@@ -164,6 +173,7 @@ impl From<MapRow> for MapRowJson {
             key_size: row.key_size,
             value_size: row.value_size,
             max_entries: row.max_entries,
+            max_entries_cap: row.max_entries_cap,
             map_flags: row.map_flags,
             preallocated: row.preallocated,
             scales_with_possible_cpus: row.scales_with_possible_cpus,
@@ -478,6 +488,7 @@ fn build_row(spec: RowSpec, possible: u32) -> MapRow {
         key_size: spec.key_size,
         value_size: spec.value_size,
         max_entries: spec.max_entries,
+        max_entries_cap: spec.max_entries,
         map_flags: spec.map_flags,
         preallocated,
         scales_with_possible_cpus,
@@ -494,15 +505,61 @@ fn build_row(spec: RowSpec, possible: u32) -> MapRow {
     }
 }
 
+/// The ring buffer has three tiers: it starts at the size the on-CPU rate
+/// needs (never below the floor), grows by re-plan when it fills (see
+/// [`crate::tiers`]), and never exceeds the size the upper-bound rates need
+/// (scheduler events × p included), itself clamped to [floor, cap].
 fn events_row(inputs: &PlanInputs, rates: &Rates, possible: u32) -> MapRow {
     let raw = ceil_u64(rates.ring_buffer_bytes_per_s * rates.poll_s);
     // The floor already exceeds a page; max() keeps the kernel's
     // page-multiple rule explicit should the floor ever be lowered.
     let floor = EVENTS_FLOOR_BYTES.max(PAGE_SIZE_U32);
-    let clamped = clamp_pow2(raw, floor, EVENTS_CAP_BYTES);
+    let upper = clamp_pow2(raw, floor, EVENTS_CAP_BYTES);
+    let growth_cap = upper.value;
+    // On-CPU samples arrive at a known rate; twice a poll interval's worth is
+    // room for jitter in the drain. Off-CPU traffic is load-dependent: the
+    // ring grows for it when it is observed.
+    let on_cpu_raw = ceil_u64(
+        f64::from(rates.online)
+            * f64::from(inputs.frequency_hz)
+            * f64::from(rates.sample_record_bytes)
+            * rates.poll_s
+            * 2.0,
+    );
+    let (start, start_formula) = match inputs.events_bytes {
+        Some(bytes) => {
+            let v = clamp_pow2(u64::from(bytes), floor, growth_cap).value;
+            (
+                v,
+                format!("re-planned to {bytes} B → clamp [{floor}, {growth_cap}] = {v} B"),
+            )
+        }
+        None => {
+            let c = clamp_pow2(on_cpu_raw, floor, growth_cap);
+            (
+                c.value,
+                format!(
+                    "starts at next_pow2(ceil({online} cpu × {freq}/s × {sample} B × {poll} s × 2)) = {pow2} → clamp [{floor}, {growth_cap}] = {v} B",
+                    online = rates.online,
+                    freq = inputs.frequency_hz,
+                    sample = rates.sample_record_bytes,
+                    poll = rates.poll_s,
+                    pow2 = c.pow2,
+                    v = c.value,
+                ),
+            )
+        }
+    };
+    let tier = if start <= floor {
+        Tier::Floor
+    } else if start >= growth_cap {
+        Tier::Cap
+    } else {
+        Tier::Growth
+    };
     let formula = format!(
-        "next_pow2(ceil({online} cpu × ({freq}/s × {sample} B + {sched}/s × {p} × {offcpu} B) × {poll} s)) \
-         = next_pow2({raw}) = {pow2} → clamp [{floor}, {cap}] = {value} B",
+        "{start_formula}; grows on demand up to next_pow2(ceil({online} cpu × ({freq}/s × {sample} B + {sched}/s × {p} × {offcpu} B) × {poll} s)) \
+         = next_pow2({raw}) = {pow2} → clamp [{floor}, {cap}] = {growth_cap} B",
         online = rates.online,
         freq = inputs.frequency_hz,
         sample = rates.sample_record_bytes,
@@ -510,19 +567,18 @@ fn events_row(inputs: &PlanInputs, rates: &Rates, possible: u32) -> MapRow {
         p = inputs.off_cpu_probability,
         offcpu = rates.off_cpu_event_bytes,
         poll = rates.poll_s,
-        pow2 = clamped.pow2,
+        pow2 = upper.pow2,
         cap = EVENTS_CAP_BYTES,
-        value = clamped.value,
     );
-    build_row(
+    let mut row = build_row(
         RowSpec {
             name: "events",
             map_type: MapType::RingBuf,
             key_size: 0,
             value_size: 0,
-            max_entries: clamped.value,
+            max_entries: start,
             map_flags: 0,
-            tier: clamped.tier,
+            tier,
             filled_at_cap: 0,
             formula,
             formula_inputs: vec![
@@ -542,10 +598,15 @@ fn events_row(inputs: &PlanInputs, rates: &Rates, possible: u32) -> MapRow {
                 ("bytes_per_s", rates.ring_buffer_bytes_per_s.to_string()),
                 ("floor_bytes", floor.to_string()),
                 ("cap_bytes", EVENTS_CAP_BYTES.to_string()),
+                ("start_bytes", start.to_string()),
+                ("growth_cap_bytes", growth_cap.to_string()),
             ],
         },
         possible,
-    )
+    );
+    row.max_entries_cap = growth_cap;
+    row.bytes_cap = map_bytes(MapType::RingBuf, 0, 0, growth_cap, 0, possible, 0);
+    row
 }
 
 fn scratch_row(possible: u32) -> MapRow {
@@ -704,7 +765,8 @@ fn rodata_row(possible: u32) -> MapRow {
     )
 }
 
-/// Halves `events` until the sum of `bytes_cap` fits `memory_cap`.
+/// Halves the `events` growth cap until the sum of `bytes_cap` fits
+/// `memory_cap`; the starting size follows it down if it must.
 fn fit_memory_cap(maps: &mut [MapRow], memory_cap: u64, possible: u32) -> Result<(), SizingError> {
     let total = |maps: &[MapRow]| {
         maps.iter()
@@ -717,30 +779,34 @@ fn fit_memory_cap(maps: &mut [MapRow], memory_cap: u64, possible: u32) -> Result
     };
     let events_floor = EVENTS_FLOOR_BYTES.max(PAGE_SIZE_U32);
     let events = &maps[events_index];
-    let needed = total(maps) - events.bytes_cap + ring_cost(events_floor.min(events.max_entries));
+    let needed =
+        total(maps) - events.bytes_cap + ring_cost(events_floor.min(events.max_entries_cap));
     if needed > memory_cap {
         return Err(SizingError::CapTooSmall {
             needed_bytes: needed,
             cap_bytes: memory_cap,
         });
     }
-    let planned = maps[events_index].max_entries;
+    let planned = maps[events_index].max_entries_cap;
     let mut halvings = 0u32;
     while total(maps) > memory_cap {
         let events = &mut maps[events_index];
         // `needed <= memory_cap` above guarantees the loop ends before the
         // ring buffer would go below its floor.
-        events.max_entries /= 2;
-        events.bytes_floor = ring_cost(events.max_entries);
-        events.bytes_cap = events.bytes_floor;
+        events.max_entries_cap /= 2;
+        events.bytes_cap = ring_cost(events.max_entries_cap);
+        if events.max_entries > events.max_entries_cap {
+            events.max_entries = events.max_entries_cap;
+            events.bytes_floor = events.bytes_cap;
+        }
         halvings += 1;
     }
     if halvings > 0 {
         let events = &mut maps[events_index];
         events.tier = Tier::Cap;
         events.formula.push_str(&format!(
-            " → halved {halvings}× from {planned} to fit the {memory_cap} B memory cap = {} B",
-            events.max_entries
+            " → growth cap halved {halvings}× from {planned} to fit the {memory_cap} B memory cap = {} B",
+            events.max_entries_cap
         ));
         events
             .formula_inputs
@@ -947,7 +1013,10 @@ mod tests {
             "{}",
             events.formula
         );
-        assert_eq!((events.max_entries, events.tier), (2 << 20, Tier::Growth));
+        // The on-CPU rate alone (8 × 1000/s × 568 B × 0.25 s × 2 = 2.27 MB)
+        // reaches the growth cap, so the ring starts there.
+        assert_eq!((events.max_entries, events.tier), (2 << 20, Tier::Cap));
+        assert_eq!(events.max_entries_cap, 2 << 20);
 
         // Deeper than the expected average does not grow the estimate;
         // shallower shrinks it.
@@ -962,6 +1031,58 @@ mod tests {
 
     fn plan_of(inputs: PlanInputs) -> MapPlan {
         plan(&inputs).unwrap()
+    }
+
+    #[test]
+    fn ring_starts_at_the_on_cpu_need_and_grows_to_the_upper_bound() {
+        // 16 cpu × 19/s × 568 B × 0.25 s × 2 = 86,336 B → 128 KiB to start;
+        // with off-CPU p = 1 the upper bound is 4 MiB.
+        let plan = plan_of(PlanInputs {
+            off_cpu_probability: 1.0,
+            ..inputs(16, 128)
+        });
+        let events = plan.get("events").unwrap();
+        assert_eq!(events.max_entries, 128 << 10);
+        assert_eq!(events.max_entries_cap, 4 << 20);
+        assert_eq!(events.tier, Tier::Growth);
+        assert!(events.bytes_cap > events.bytes_floor);
+        // A re-plan after growth keeps the cap and takes the asked size.
+        let grown = plan_of(PlanInputs {
+            off_cpu_probability: 1.0,
+            events_bytes: Some(1 << 20),
+            ..inputs(16, 128)
+        });
+        assert_eq!(grown.get("events").unwrap().max_entries, 1 << 20);
+        let beyond = plan_of(PlanInputs {
+            off_cpu_probability: 1.0,
+            events_bytes: Some(64 << 20),
+            ..inputs(16, 128)
+        });
+        assert_eq!(
+            beyond.get("events").unwrap().max_entries,
+            4 << 20,
+            "never beyond the growth cap"
+        );
+    }
+
+    #[test]
+    fn idle_floor_is_small_and_the_cap_bounded_for_a_large_vm() {
+        // Issue 11's target: (16 online, 128 possible, p = 1) at most 1 MiB at
+        // idle (the floor) and at most 8 MiB at the cap.
+        let plan = plan_of(PlanInputs {
+            off_cpu_probability: 1.0,
+            ..inputs(16, 128)
+        });
+        assert!(
+            plan.total_bytes_floor <= 1 << 20,
+            "floor {} B",
+            plan.total_bytes_floor
+        );
+        assert!(
+            plan.total_bytes_cap <= 8 << 20,
+            "cap {} B",
+            plan.total_bytes_cap
+        );
     }
 
     #[test]

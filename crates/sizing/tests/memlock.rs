@@ -461,7 +461,22 @@ fn check_row(row: &MapRow) -> Vec<Check> {
             kernel: memlock(&map),
         });
     }
-    if row.preallocated {
+    // A map that grows by re-plan (the ring buffer) is replaced by one of
+    // max_entries_cap: create that one too and compare its cost with bytes_cap.
+    if row.max_entries_cap != row.max_entries {
+        let grown = create_map(
+            row.map_type,
+            row.key_size,
+            row.value_size,
+            row.max_entries_cap,
+            row.map_flags,
+        );
+        checks.push(Check {
+            label: label("bytes_cap (grown to max_entries_cap)"),
+            model: row.bytes_cap,
+            kernel: memlock(&grown),
+        });
+    } else if row.preallocated {
         assert_eq!(row.bytes_floor, row.bytes_cap, "{}", row.name);
     }
     checks

@@ -39,6 +39,7 @@ impl Knobs {
             memory_cap_bytes: self.memory_cap_bytes,
             pid_filter_len: self.pid_filter_len,
             off_cpu_state: self.off_cpu_state,
+            events_bytes: None,
         }
     }
 

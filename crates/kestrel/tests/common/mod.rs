@@ -125,6 +125,16 @@ pub fn sum_with(folded: &BTreeMap<String, u64>, frame: &str) -> u64 {
 /// Run the workload under `kestrel record --pid` with `args`; the workload starts
 /// only once Kestrel reports it is recording.
 pub fn record_workload(mode: &str, arg: &str, args: &[&str]) -> Recording {
+    record_workload_env(mode, arg, args, &[])
+}
+
+/// [`record_workload`] with extra environment for Kestrel (e.g. `KESTREL_*` keys).
+pub fn record_workload_env(
+    mode: &str,
+    arg: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Recording {
     require_root();
     let mut w = start_workload(mode, arg);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -135,6 +145,7 @@ pub fn record_workload(mode: &str, arg: &str, args: &[&str]) -> Recording {
         .args(["--no-progress", "--log-level", "info"])
         .args(args)
         .env("KESTREL_SYMBOLS__CACHE_DIR", dir.path().join("cache"))
+        .envs(envs.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .expect("kestrel starts");

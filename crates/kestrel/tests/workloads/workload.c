@@ -12,6 +12,8 @@
 //                        on a pipe fed every 50 ms (x 40); both at once
 //   migrate              a thread blocks in kestrel_migrating_wait on CPU 0, is re-pinned
 //                        to CPU 1 while blocked, and woken after 300 ms
+//   pingpong SECONDS     two threads ping-pong a byte over pipes (kestrel_pingpong_wait), then
+//                        the process idles as long
 //   many_sleeps COUNT    kestrel_short_sleeps: COUNT sleeps of 1 ms
 //   threads COUNT        COUNT threads that each block 200 ms in kestrel_thread_wait, then exit
 // It prints "ready <pid>", waits for a line on stdin, then runs; for migrate it
@@ -160,6 +162,26 @@ static void *migrating_thread(void *p)
 	return NULL;
 }
 
+static int ping[2], pong[2];
+static volatile int pingpong_stop;
+
+__attribute__((noinline)) void kestrel_pingpong_wait(int fd, char *c)
+{
+	raw_syscall3(SYS_read, fd, (long)c, 1);
+}
+
+static void *pong_thread(void *p)
+{
+	char c;
+	(void)p;
+	while (!pingpong_stop) {
+		kestrel_pingpong_wait(ping[0], &c);
+		if (write(pong[1], &c, 1) != 1)
+			break;
+	}
+	return NULL;
+}
+
 static void *short_lived_thread(void *p)
 {
 	(void)p;
@@ -233,6 +255,25 @@ int main(int argc, char **argv)
 		if (write(pipe_fds[1], "x", 1) != 1)
 			return 1;
 		pthread_join(m, NULL);
+	} else if (!strcmp(mode, "pingpong")) {
+		/* A burst of context switches for `arg` seconds, then as long idle. */
+		pthread_t t;
+		char c = 'x';
+		double end;
+		if (pipe(ping) || pipe(pong))
+			return 1;
+		pthread_create(&t, NULL, pong_thread, NULL);
+		end = now_s() + arg;
+		while (now_s() < end) {
+			if (write(ping[1], &c, 1) != 1)
+				return 1;
+			kestrel_pingpong_wait(pong[0], &c);
+		}
+		pingpong_stop = 1;
+		if (write(ping[1], &c, 1) != 1)
+			return 1;
+		pthread_join(t, NULL);
+		kestrel_feed_pause((long)(arg * 1000));
 	} else if (!strcmp(mode, "many_sleeps")) {
 		kestrel_short_sleeps((long)arg);
 	} else if (!strcmp(mode, "threads")) {
