@@ -608,6 +608,8 @@ fn stalled_collector_keeps_the_queue_within_its_byte_bound_and_counts_drops() {
     assert_schema_valid(&attempts);
 }
 
+const BPF_CAP: u64 = 8 * 1024 * 1024;
+
 fn metric_points<'a>(records: &'a [Value], name: &str) -> Vec<&'a Value> {
     records
         .iter()
@@ -628,7 +630,8 @@ fn self_telemetry_arrives_as_otlp_metrics() {
     let receiver = Receiver::start(dir.path(), 0, &[]);
     let mut w = start_workload("ratio", "20");
     let telemetry = format!(
-        "[telemetry]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\ninterval_s = 1.0",
+        "[telemetry]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\ninterval_s = 1.0\n\
+         [memory]\nbpf_cap_bytes = {BPF_CAP}",
         receiver.port
     );
     let agent = Agent::start(
@@ -681,7 +684,7 @@ fn self_telemetry_arrives_as_otlp_metrics() {
     let memory = end.stats["bpf_memory_bytes"]
         .as_object()
         .expect("bpf_memory_bytes");
-    let cap = 8 * 1024 * 1024; // memory.bpf_cap_bytes, the default this config keeps
+    let cap = BPF_CAP;
     for r in metrics
         .iter()
         .filter(|r| r["metrics"]["kestrel.bpf.memory"].is_object())
