@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use kestrel_probes::features::lockdown_mode;
 use kestrel_probes::{KernelFeatures, Outcome};
-use kestrel_sizing::Topology;
+use kestrel_sizing::{Topology, Virtualization};
 use serde::Serialize;
 
 use crate::cli::CheckArgs;
@@ -74,6 +74,7 @@ pub struct CheckReport {
     pub online_cpus: String,
     pub possible_cpus: String,
     pub present_cpus: String,
+    pub virtualization: Virtualization,
     pub features: KernelFeatures,
     pub off_cpu_hook: Option<&'static str>,
     pub capabilities: Vec<Capability>,
@@ -160,6 +161,7 @@ pub fn report() -> CheckReport {
             .as_ref()
             .map(|t| t.present.to_string())
             .unwrap_or_default(),
+        virtualization: Virtualization::detect(),
         off_cpu_hook: features.off_cpu_hook().map(|h| h.program_name()),
         features,
         capabilities: caps,
@@ -188,8 +190,17 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
             r.lockdown.as_deref().unwrap_or("not reported")
         ));
         out.push_str(&format!(
-            "CPUs            online {}  possible {}  present {}\n\n",
+            "CPUs            online {}  possible {}  present {}\n",
             r.online_cpus, r.possible_cpus, r.present_cpus
+        ));
+        let v = &r.virtualization;
+        out.push_str(&format!(
+            "virtualization  {} (CPUID hypervisor bit {}, vendor {}, DMI {} / {})\n\n",
+            v.hypervisor.as_deref().unwrap_or("none: bare metal"),
+            if v.hypervisor_bit { "set" } else { "clear" },
+            v.cpuid_vendor.as_deref().unwrap_or("-"),
+            v.dmi_vendor.as_deref().unwrap_or("-"),
+            v.dmi_product.as_deref().unwrap_or("-"),
         ));
         out.push_str("BPF (each tried for real):\n");
         let f = &r.features;

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use kestrel_probes::{KernelFeatures, OffCpuHook};
 use kestrel_sizing::{
     plan, read_pid_max, reference_cost, MapPlan, OffCpuState, PlanInputs, ReferenceCost, Topology,
+    Virtualization,
 };
 use serde::Serialize;
 
@@ -40,6 +41,10 @@ struct PlanReport<'a> {
     #[serde(flatten)]
     plan: &'a MapPlan,
     total_bytes: u64,
+    /// Where this runs (detected even for a --online/--possible plan).
+    virtualization: &'a Virtualization,
+    /// Set when possible CPUs exceed online ones by a large factor.
+    possible_cpu_warning: Option<String>,
     reference: &'a ReferenceCost,
     /// Kestrel's total over the reference's original off-CPU table alone.
     ratio_to_reference_original: f64,
@@ -87,9 +92,13 @@ pub fn run(config: &Config, args: &PlanArgs) -> Result<()> {
         pid_max,
     );
     let total = map_plan.total_bytes();
+    let virtualization = Virtualization::detect();
+    let warning = possible_cpu_warning(&map_plan, &inputs);
     let report = PlanReport {
         plan: &map_plan,
         total_bytes: total,
+        virtualization: &virtualization,
+        possible_cpu_warning: warning.clone(),
         reference: &reference,
         ratio_to_reference_original: if reference.original_offcpu_bytes == 0 {
             0.0
@@ -101,8 +110,63 @@ pub fn run(config: &Config, args: &PlanArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render_table(&map_plan, &reference));
+        println!(
+            "running on: {}",
+            match &virtualization.hypervisor {
+                Some(h) => format!("a virtual machine ({h})"),
+                None => "bare metal (no hypervisor detected)".to_string(),
+            }
+        );
+        if let Some(w) = warning {
+            println!("warning: {w}");
+        }
     }
     Ok(())
+}
+
+/// Possible CPUs at least this many times the online ones deserve a warning.
+const POSSIBLE_CPU_WARNING_FACTOR: u32 = 4;
+
+/// What per-CPU maps cost because possible CPUs exceed online ones, when they
+/// do so by a large factor; `None` otherwise.
+pub fn possible_cpu_warning(plan: &MapPlan, inputs: &PlanInputs) -> Option<String> {
+    let (online, possible) = (inputs.topology.online.len(), inputs.topology.possible.len());
+    if possible < online.saturating_mul(POSSIBLE_CPU_WARNING_FACTOR) {
+        return None;
+    }
+    let at_online = plan_at_possible(inputs, online)?;
+    let extra = plan
+        .total_bytes_cap
+        .saturating_sub(at_online.total_bytes_cap);
+    let per_cpu: Vec<String> = plan
+        .maps
+        .iter()
+        .filter(|m| m.scales_with_possible_cpus)
+        .map(|m| {
+            let small = at_online.get(&m.name).map(|r| r.bytes_cap).unwrap_or(0);
+            format!(
+                "{} {} (vs {} at possible = online)",
+                m.name,
+                human_bytes(m.bytes_cap),
+                human_bytes(small)
+            )
+        })
+        .collect();
+    Some(format!(
+        "{possible} possible CPUs are {}x the {online} online ones (room for hot-added vCPUs); the kernel sizes per-CPU memory for every possible CPU. Here that costs {} more than with possible = online: {}.",
+        possible / online.max(1),
+        human_bytes(extra),
+        per_cpu.join(", ")
+    ))
+}
+
+fn plan_at_possible(inputs: &PlanInputs, possible: u32) -> Option<MapPlan> {
+    let topology = Topology::synthetic(inputs.topology.online.len(), possible);
+    plan(&PlanInputs {
+        topology,
+        ..inputs.clone()
+    })
+    .ok()
 }
 
 pub fn human_bytes(b: u64) -> String {
@@ -132,17 +196,31 @@ fn render_table(p: &MapPlan, r: &ReferenceCost) -> String {
         human_bytes(p.memory_cap_bytes)
     );
     out.push_str(&format!(
-        "{:<14} {:<14} {:>5} {:>6} {:>11} {:>6} {:>7} {:>11} {:>11}\n",
-        "map", "type", "key", "value", "max_entries", "prealloc", "tier", "at floor", "at cap"
+        "{:<14} {:<14} {:>5} {:>6} {:>11} {:>11} {:>6} {:>7} {:>11} {:>11}\n",
+        "map",
+        "type",
+        "key",
+        "value",
+        "max_entries",
+        "grows to",
+        "prealloc",
+        "tier",
+        "at floor",
+        "at cap"
     ));
     for m in &p.maps {
         out.push_str(&format!(
-            "{:<14} {:<14} {:>5} {:>6} {:>11} {:>8} {:>7} {:>11} {:>11}{}\n",
+            "{:<14} {:<14} {:>5} {:>6} {:>11} {:>11} {:>8} {:>7} {:>11} {:>11}{}\n",
             m.name,
             m.map_type.kernel_name(),
             m.key_size,
             m.value_size,
             m.max_entries,
+            if m.max_entries_cap != m.max_entries {
+                m.max_entries_cap.to_string()
+            } else {
+                "-".to_string()
+            },
             if m.preallocated { "yes" } else { "no" },
             format!("{:?}", m.tier).to_lowercase(),
             human_bytes(m.bytes_floor),
@@ -155,7 +233,7 @@ fn render_table(p: &MapPlan, r: &ReferenceCost) -> String {
         ));
     }
     out.push_str(&format!(
-        "{:<14} {:>73} {:>11}\n\n",
+        "{:<14} {:>85} {:>11}\n\n",
         "total",
         human_bytes(p.total_bytes_floor),
         human_bytes(p.total_bytes_cap)

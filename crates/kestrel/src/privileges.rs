@@ -549,17 +549,13 @@ fn broadcast(
 pub fn drop_after_attach(reload: Reload) -> Option<DropReport> {
     match drop_capabilities(reload) {
         Ok(report) => {
-            if report.dropped.is_empty() {
-                info!(kept = ?report.kept, "capabilities: nothing to drop");
-            } else {
-                info!(
-                    kept = ?report.kept,
-                    kept_for_loading = ?report.kept_for_loading,
-                    dropped = ?report.dropped,
-                    threads = report.threads,
-                    "capabilities dropped after attaching the probes"
-                );
-            }
+            info!(
+                kept = ?report.kept,
+                kept_for_loading = ?report.kept_for_loading,
+                dropped = ?report.dropped,
+                threads = report.threads,
+                "capabilities lowered after attaching the probes"
+            );
             Some(report)
         }
         Err(e) => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use kestrel_probes::{Counters, MapMemory, OffCpuHook};
-use kestrel_sizing::{MapPlan, Topology};
+use kestrel_sizing::{MapPlan, Topology, Virtualization};
 use kestrel_symbols::StoreStats;
 use serde::Serialize;
 
@@ -78,6 +78,13 @@ struct MapStats {
 }
 
 #[derive(Serialize)]
+struct TopologyLists {
+    online: String,
+    possible: String,
+    present: String,
+}
+
+#[derive(Serialize)]
 struct Stats<'a> {
     duration_s: f64,
     frequency_hz: u32,
@@ -85,6 +92,9 @@ struct Stats<'a> {
     online_cpus_at_end: u32,
     possible_cpus: u32,
     present_cpus: u32,
+    /// The CPU lists, as sysfs gives them.
+    topology: TopologyLists,
+    virtualization: Virtualization,
     interrupted: bool,
     samples: Samples,
     off_cpu: OffCpuStats,
@@ -126,6 +136,12 @@ pub fn write(path: &Path, f: &RunFacts<'_>) -> Result<()> {
         online_cpus_at_end: f.online_at_end,
         possible_cpus: f.topology.possible.len(),
         present_cpus: f.topology.present.len(),
+        topology: TopologyLists {
+            online: f.topology.online.to_string(),
+            possible: f.topology.possible.to_string(),
+            present: f.topology.present.to_string(),
+        },
+        virtualization: Virtualization::detect(),
         interrupted: f.interrupted,
         samples: Samples {
             expected,

@@ -109,3 +109,46 @@ fn bad_configuration_names_the_key_and_source_and_exits_non_zero() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sampling.frequency_hz"));
 }
+
+#[test]
+fn plan_shows_tiers_virtualization_and_warns_about_many_possible_cpus() {
+    let out = Command::new(KESTREL)
+        .args([
+            "plan",
+            "--online",
+            "16",
+            "--possible",
+            "128",
+            "--off-cpu-probability",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The three tiers: floor (idle) at most 1 MiB, cap at most 8 MiB, and the
+    // ring buffer starting below what it may grow to.
+    let floor = v["total_bytes_floor"].as_u64().unwrap();
+    let cap = v["total_bytes_cap"].as_u64().unwrap();
+    assert!(floor <= 1 << 20, "idle floor {floor} B");
+    assert!(cap <= 8 << 20, "cap {cap} B");
+    let events = v["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "events")
+        .unwrap();
+    assert!(events["max_entries"].as_u64() < events["max_entries_cap"].as_u64());
+    assert!(v["virtualization"]["hypervisor_bit"].is_boolean());
+    let warning = v["possible_cpu_warning"]
+        .as_str()
+        .expect("8x possible CPUs deserve a warning");
+    assert!(warning.contains("scratch"), "{warning}");
+    let out = Command::new(KESTREL)
+        .args(["plan", "--online", "4", "--possible", "4", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["possible_cpu_warning"].is_null());
+}

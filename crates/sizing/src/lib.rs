@@ -22,6 +22,7 @@ mod plan;
 mod reference;
 pub mod tiers;
 mod topology;
+pub mod virt;
 
 pub use cpuset::{CpuSet, MAX_CPU_ID};
 pub use error::SizingError;
@@ -36,6 +37,7 @@ pub use plan::{
 pub use reference::{read_pid_max, read_pid_max_from, reference_cost, ReferenceCost, PID_MAX_PATH};
 pub use tiers::{ReplanReason, Resize, RingTracker, TierPolicy};
 pub use topology::{Topology, SYSFS_CPU_DIR};
+pub use virt::Virtualization;
 
 /// Bytes of the fixed header of every sample record; must equal
 /// `sizeof(struct sample_header)` in `bpf/kestrel.h`.
