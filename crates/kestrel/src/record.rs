@@ -279,7 +279,9 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
         mut tiers,
     } = start_probes(config)?;
     // Again without the capabilities just dropped (CAP_DAC_OVERRIDE among them).
-    prepare_output(&output_dir)?;
+    prepare_output(&output_dir).context(
+        "Kestrel writes its files without CAP_DAC_OVERRIDE, dropped once the probes are attached",
+    )?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
