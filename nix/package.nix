@@ -40,9 +40,9 @@ rustPlatform.buildRustPackage {
   pname = "kestrel";
   inherit (workspace.workspace.package) version;
 
-  # Only what the build reads: a change to docs, nix/ or the VM rig's guest files
-  # does not rebuild Kestrel. Every workspace member's manifest must be present
-  # because cargo loads the whole workspace, hence vm-tests' manifest and sources.
+  # Only what the build reads: a change to docs or nix/ does not rebuild Kestrel.
+  # Every workspace member must be present because cargo loads the whole
+  # workspace, hence the VM rig (its sources include_str! files from guest/).
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [
@@ -53,6 +53,7 @@ rustPlatform.buildRustPackage {
       ../crates
       ../vm-tests/Cargo.toml
       ../vm-tests/src
+      (lib.fileset.maybeMissing ../vm-tests/guest)
       (lib.fileset.maybeMissing ../vm-tests/build.rs)
     ];
   };
