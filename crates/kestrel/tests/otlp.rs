@@ -713,6 +713,7 @@ fn self_telemetry_arrives_as_otlp_metrics() {
 #[test]
 fn record_format_otlp_writes_a_request_the_reference_classes_accept() {
     let _g = serial();
+    python(); // before BPF: a missing receiver fails at once, saying how to install it
     let r = record_workload(
         "ratio",
         "2",
@@ -763,6 +764,7 @@ fn record_format_otlp_writes_a_request_the_reference_classes_accept() {
 #[test]
 fn checker_rejects_a_real_request_with_an_unknown_field_and_a_dangling_index() {
     let _g = serial();
+    python(); // before BPF: a missing receiver fails at once, saying how to install it
     let r = record_workload("ratio", "1", &["--duration", "1.5", "--format", "otlp"]);
     let mut bytes = fs::read(r.file("profile.otlp.pb")).expect("profile.otlp.pb");
     // Field 15 (varint 1): no such field in ExportProfilesServiceRequest.
