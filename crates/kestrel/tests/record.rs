@@ -266,3 +266,21 @@ fn without_privileges_record_fails_clearly_and_points_at_check() {
         "{err}"
     );
 }
+
+#[test]
+fn jit_frames_are_named_from_the_perf_map() {
+    let _g = serial();
+    let r = record_workload("jit", "3", &["--frequency", "199", "--duration", "4"]);
+    let folded = r.folded("profile.folded");
+    let jit =
+        sum_with(&folded, "kestrel_jit_hot_loop_[j]") + sum_with(&folded, "kestrel_jit_hot_loop");
+    let total: u64 = folded.values().sum();
+    assert!(
+        jit * 2 > total,
+        "the generated loop burns the CPU, so most samples must name it: {jit} of {total}\n{folded:?}"
+    );
+    assert!(
+        r.stats["symbols"]["perf_map_reloads"].as_u64().is_some(),
+        "store counters in stats.json"
+    );
+}

@@ -188,8 +188,20 @@ impl Symbols {
     /// The capture stands until [`Symbols::forget_process`]: a pid reused by a new
     /// process before that keeps the old capture (libraries loaded later are
     /// picked up when an address falls outside every captured mapping).
+    ///
+    /// A process with anonymous executable memory (a JIT) gets its perf map
+    /// opened now: JITs commonly delete it at exit, and the held descriptor
+    /// still reads it, appends included, when the process is symbolized later.
     pub fn observe_process(&self, pid: u32) {
-        let _ = self.process(pid);
+        let process = self.process(pid);
+        let jit = process
+            .mappings()
+            .iter()
+            .any(|m| matches!(m.backing, Backing::Anonymous));
+        if jit && process.alive() {
+            let mut perf_map = process.perf_map.lock().unwrap_or_else(|p| p.into_inner());
+            perf_map.refresh(pid, process.ns_pid, true, &self.perf_maps);
+        }
     }
 
     /// What was captured about `pid` (captured now if it was not yet).

@@ -14,6 +14,7 @@
 //                        to CPU 1 while blocked, and woken after 300 ms
 //   pingpong SECONDS     two threads ping-pong a byte over pipes (kestrel_pingpong_wait), then
 //                        the process idles as long
+//   jit SECONDS          runs generated code named kestrel_jit_hot_loop in /tmp/perf-PID.map
 //   many_sleeps COUNT    kestrel_short_sleeps: COUNT sleeps of 1 ms
 //   threads COUNT        COUNT threads that each block 200 ms in kestrel_thread_wait, then exit
 // It prints "ready <pid>", waits for a line on stdin, then runs; for migrate it
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -274,6 +276,34 @@ int main(int argc, char **argv)
 			return 1;
 		pthread_join(t, NULL);
 		kestrel_feed_pause((long)(arg * 1000));
+	} else if (!strcmp(mode, "jit")) {
+		/* Generated code, as a JIT would make: a counted loop in an anonymous
+		 * executable mapping, named only by /tmp/perf-PID.map. */
+		static const unsigned char code[] = {
+			0xb8, 0x00, 0x00, 0x00, 0x04, /* mov eax, 0x04000000 */
+			0xff, 0xc8,                   /* dec eax */
+			0x75, 0xfc,                   /* jnz dec */
+			0xc3,                         /* ret */
+		};
+		char path[64];
+		FILE *map;
+		double end = now_s() + arg;
+		void (*jitted)(void);
+		unsigned char *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC,
+					   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (page == MAP_FAILED)
+			return 1;
+		memcpy(page, code, sizeof(code));
+		snprintf(path, sizeof(path), "/tmp/perf-%d.map", getpid());
+		map = fopen(path, "w");
+		if (!map)
+			return 1;
+		fprintf(map, "%lx %zx kestrel_jit_hot_loop\n", (unsigned long)page, sizeof(code));
+		fclose(map);
+		jitted = (void (*)(void))page;
+		while (now_s() < end)
+			jitted();
+		unlink(path);
 	} else if (!strcmp(mode, "many_sleeps")) {
 		kestrel_short_sleeps((long)arg);
 	} else if (!strcmp(mode, "threads")) {
