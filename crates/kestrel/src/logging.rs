@@ -25,8 +25,13 @@ pub fn init(config: &Config, args: &LogArgs) -> Result<()> {
             )
         })?,
     };
+    // Colours only for a person at a terminal (and never when NO_COLOR is set):
+    // journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match format.as_str() {
         "human" => builder.try_init(),
