@@ -137,6 +137,11 @@ pub struct MapComparison {
     /// of the 6.1 estimate.
     pub expected_bytes: u64,
     pub expected_from: &'static str,
+    /// `memlock_bytes - expected_bytes`.
+    pub difference_bytes: i64,
+    /// True when the map is off by more than 1 % and passed only through
+    /// [`STRUCT_SIZE_SLACK_BYTES`].
+    pub passed_by_struct_slack: bool,
     pub passed: bool,
 }
 
@@ -147,15 +152,15 @@ pub fn compare_maps(stats: &Stats, plan: &Plan, accounting: Accounting) -> Vec<M
         .iter()
         .map(|map| {
             let planned = plan.maps.iter().find(|row| row.name == map.name);
+            let mut passed_by_struct_slack = false;
             let (expected_bytes, expected_from, passed) = match (accounting, planned) {
                 (Accounting::MemUsage, _) => {
                     let expected = map.planned_bytes;
-                    let slack = (expected / 100).max(STRUCT_SIZE_SLACK_BYTES);
-                    (
-                        expected,
-                        "plan",
-                        map.memlock_bytes.abs_diff(expected) <= slack,
-                    )
+                    let off_by = map.memlock_bytes.abs_diff(expected);
+                    let within_percent = off_by <= expected / 100;
+                    let passed = within_percent || off_by <= STRUCT_SIZE_SLACK_BYTES;
+                    passed_by_struct_slack = passed && !within_percent;
+                    (expected, "plan", passed)
                 }
                 (Accounting::FootprintEstimate, Some(row)) => {
                     let expected = footprint_estimate(
@@ -182,6 +187,8 @@ pub fn compare_maps(stats: &Stats, plan: &Plan, accounting: Accounting) -> Vec<M
                 planned_bytes: map.planned_bytes,
                 expected_bytes,
                 expected_from,
+                difference_bytes: map.memlock_bytes as i64 - expected_bytes as i64,
+                passed_by_struct_slack,
                 passed,
             }
         })
@@ -373,14 +380,28 @@ pub fn evaluate(
             Accounting::MemUsage => "each map's memlock = plan (1 % or 64 B)",
             Accounting::FootprintEstimate => "each map's memlock = 6.1 estimate model (exact)",
         };
+        let by_slack: Vec<String> = figures
+            .maps
+            .iter()
+            .filter(|m| m.passed_by_struct_slack)
+            .map(|m| format!("{} {:+} B", m.name, m.difference_bytes))
+            .collect();
+        let detail = if figures.maps.is_empty() {
+            "stats.json lists no maps".to_owned()
+        } else if !wrong.is_empty() {
+            wrong.join("; ")
+        } else if !by_slack.is_empty() {
+            format!(
+                "off by more than 1 %, within the {STRUCT_SIZE_SLACK_BYTES} B struct-size slack: {}",
+                by_slack.join(", ")
+            )
+        } else {
+            String::new()
+        };
         checks.push(Check::new(
             name,
             wrong.is_empty() && !figures.maps.is_empty(),
-            if figures.maps.is_empty() {
-                "stats.json lists no maps".to_owned()
-            } else {
-                wrong.join("; ")
-            },
+            detail,
         ));
         let planned_total: u64 = plan.maps.iter().map(|m| m.bytes_floor).sum();
         checks.push(Check::new(
@@ -656,6 +677,22 @@ mod tests {
         assert_eq!(figures.planned_bytes, Some(565_120));
         assert_eq!(figures.maps.len(), 5);
         assert!(figures.maps.iter().all(|m| m.expected_from == "plan"));
+        let slack: Vec<&str> = figures
+            .maps
+            .iter()
+            .filter(|m| m.passed_by_struct_slack)
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(slack, ["counters", "offcpu_task"]);
+        let check = checks
+            .iter()
+            .find(|c| c.name.starts_with("each map"))
+            .unwrap();
+        assert!(
+            check.detail.contains("counters -48 B, offcpu_task -16 B"),
+            "{}",
+            check.detail
+        );
     }
 
     #[test]
