@@ -74,6 +74,8 @@ async fn agent(config: &Config) -> Result<()> {
         .await
         .context("opening the symbol store")?;
     let shared: Shared = Default::default();
+    // The first metric export must already show the BPF maps and exporters.
+    refresh_snapshot(&shared, &session, &symbols, &exporters, (0, 0));
     let host = crate::record::host_info();
     let _meter_provider = if config.telemetry.enabled {
         Some(telemetry::start(
