@@ -567,8 +567,6 @@ pub fn drop_after_attach(reload: Reload) -> Option<DropReport> {
 
 /// Runs `f` (a BPF load) with every permitted capability raised in this thread's
 /// effective set, then lowers it again. Other threads are unaffected.
-// For the live tiers' swap (`Session::replace`), the one load after the drop.
-#[allow(dead_code)]
 pub fn while_loading<T>(f: impl FnOnce() -> T) -> T {
     let before = capget_self().ok();
     if let Some((effective, permitted, _)) = before {

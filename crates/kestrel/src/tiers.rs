@@ -162,13 +162,16 @@ impl LiveTiers {
                 .is_none_or(|old| old.max_entries != row.max_entries)
         });
         if needs_swap {
-            if let Err(e) = session.replace(
-                &self.probe_config,
-                &new_plan,
-                &self.features,
-                monotonic_ns,
-                out,
-            ) {
+            // CAP_BPF is kept permitted, not effective, after attach: raise it here.
+            if let Err(e) = crate::privileges::while_loading(|| {
+                session.replace(
+                    &self.probe_config,
+                    &new_plan,
+                    &self.features,
+                    monotonic_ns,
+                    out,
+                )
+            }) {
                 warn!(error = %e, ?reason, "swapping in the re-planned maps failed; keeping the current ones");
                 // The tracker must describe what really runs.
                 self.tracker = RingTracker::new(
