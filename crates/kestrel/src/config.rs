@@ -120,6 +120,9 @@ pub struct Symbols {
     pub memory_bytes: u64,
     /// Disk tier of the symbol store, in bytes.
     pub disk_bytes: u64,
+    /// ELF files larger than this are symbolized from their symbol table only
+    /// (no DWARF lines or inlined frames), which bounds the symbolizer's memory.
+    pub dwarf_max_file_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -203,6 +206,7 @@ impl Default for Symbols {
             cache_dir: PathBuf::new(),
             memory_bytes: 32 * 1024 * 1024,
             disk_bytes: 256 * 1024 * 1024,
+            dwarf_max_file_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -368,10 +372,10 @@ fn validate(c: &Config, fig: &Figment) -> Result<()> {
         ">= 1048576 (1 MiB)",
     );
     check(
-        c.symbols.disk_bytes >= 1 << 20,
+        c.symbols.disk_bytes == 0 || c.symbols.disk_bytes >= 8 << 20,
         "symbols.disk_bytes",
         c.symbols.disk_bytes.to_string(),
-        ">= 1048576 (1 MiB)",
+        "0 (no disk tier) or >= 8388608 (8 MiB)",
     );
     let m = &c.memory;
     check(

@@ -8,6 +8,7 @@ mod plan_cmd;
 mod privileges;
 mod record;
 mod run;
+mod soak;
 mod stats;
 mod telemetry;
 mod tiers;
@@ -54,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             logging::init(&config, &cli.logging)?;
             run::run(&config)
         }
+        Command::Soak(args) => soak::run(&args),
         Command::Record(args) => {
             let config = config::load(config_file.as_deref(), &args.overrides())?;
             logging::init(&config, &cli.logging)?;

@@ -179,6 +179,7 @@ pub fn symbols_config(config: &Config) -> SymbolsConfig {
         },
         memory_bytes: config.symbols.memory_bytes,
         disk_bytes: config.symbols.disk_bytes,
+        dwarf_max_file_bytes: config.symbols.dwarf_max_file_bytes,
     }
 }
 

@@ -32,6 +32,11 @@ impl OpenFile {
     pub(crate) fn symbolizer_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
+
+    /// The file's size now (0 if it cannot be read).
+    pub(crate) fn len(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
 }
 
 impl Drop for OpenFile {

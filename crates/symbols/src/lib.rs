@@ -54,6 +54,12 @@ pub struct SymbolsConfig {
     /// Bound of the disk tier, in bytes; 0 disables it. Values below 8 MiB are
     /// raised to 8 MiB. Each entry takes at least 4 KiB on disk.
     pub disk_bytes: u64,
+    /// ELF files larger than this are symbolized from their symbol table only
+    /// (names, no DWARF lines or inlined frames): parsing the DWARF of a huge
+    /// binary costs the agent hundreds of MB. Files above an eighth of it are
+    /// also dropped from the symbolizer's cache after each batch, so at most one
+    /// large file is held parsed at a time.
+    pub dwarf_max_file_bytes: u64,
 }
 
 impl Default for SymbolsConfig {
@@ -62,6 +68,7 @@ impl Default for SymbolsConfig {
             cache_dir: None,
             memory_bytes: 32 * 1024 * 1024,
             disk_bytes: 256 * 1024 * 1024,
+            dwarf_max_file_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -167,7 +174,8 @@ impl Symbols {
         })
         .await
         .map_err(SymbolsError::Store)?;
-        let (symbolizer, _join) = SymbolizerHandle::spawn().map_err(SymbolsError::Thread)?;
+        let (symbolizer, _join) =
+            SymbolizerHandle::spawn(config.dwarf_max_file_bytes).map_err(SymbolsError::Thread)?;
         let (kernel_id, _) = identity::kernel_file_id();
         Ok(Symbols {
             store,

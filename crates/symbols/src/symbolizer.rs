@@ -55,13 +55,15 @@ pub(crate) struct SymbolizerHandle {
 impl SymbolizerHandle {
     /// Starts the thread. It ends when every handle (and every `OpenFile`, which
     /// holds one to send evictions) is gone.
-    pub(crate) fn spawn() -> std::io::Result<(SymbolizerHandle, JoinHandle<()>)> {
+    pub(crate) fn spawn(
+        dwarf_max_file_bytes: u64,
+    ) -> std::io::Result<(SymbolizerHandle, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel::<Job>();
         let calls = Arc::new(AtomicU64::new(0));
         let thread_calls = calls.clone();
         let join = std::thread::Builder::new()
             .name("kestrel-symbolizer".into())
-            .spawn(move || run(rx, thread_calls))?;
+            .spawn(move || run(rx, thread_calls, dwarf_max_file_bytes))?;
         Ok((SymbolizerHandle { tx, calls }, join))
     }
 
@@ -83,7 +85,7 @@ impl SymbolizerHandle {
     }
 }
 
-fn run(rx: mpsc::Receiver<Job>, calls: Arc<AtomicU64>) {
+fn run(rx: mpsc::Receiver<Job>, calls: Arc<AtomicU64>, dwarf_max_file_bytes: u64) {
     let mut symbolizer = Symbolizer::builder()
         .enable_code_info(true)
         .enable_inlined_fns(true)
@@ -95,13 +97,15 @@ fn run(rx: mpsc::Receiver<Job>, calls: Arc<AtomicU64>) {
     while let Ok(job) = rx.recv() {
         match job {
             Job::Symbolize { batches, reply } => {
-                let results = batches
-                    .iter()
-                    .map(|batch| {
-                        calls.fetch_add(1, Ordering::Relaxed);
-                        symbolize_batch(&symbolizer, batch)
-                    })
-                    .collect();
+                let mut results = Vec::with_capacity(batches.len());
+                for batch in &batches {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    results.push(symbolize_batch(
+                        &mut symbolizer,
+                        batch,
+                        dwarf_max_file_bytes,
+                    ));
+                }
                 // The caller may have given up (dropped its future); nothing to do.
                 let _ = reply.send(results);
             }
@@ -117,11 +121,30 @@ fn run(rx: mpsc::Receiver<Job>, calls: Arc<AtomicU64>) {
     }
 }
 
-fn symbolize_batch(symbolizer: &Symbolizer, batch: &Batch) -> BatchResult {
+fn symbolize_batch(
+    symbolizer: &mut Symbolizer,
+    batch: &Batch,
+    dwarf_max_file_bytes: u64,
+) -> BatchResult {
     let result = match &batch.source {
         BatchSource::Elf(file) => {
-            let src = Source::Elf(Elf::new(file.symbolizer_path()));
-            symbolizer.symbolize(&src, Input::FileOffset(&batch.addresses))
+            let size = file.len();
+            let path = file.symbolizer_path();
+            let mut elf = Elf::new(path.clone());
+            elf.debug_syms = size <= dwarf_max_file_bytes;
+            let src = Source::Elf(elf);
+            let owned = owned(symbolizer.symbolize(&src, Input::FileOffset(&batch.addresses)));
+            if size > dwarf_max_file_bytes / 8 {
+                // Later misses in this file are rare (the store answers them);
+                // holding its parsed form is not worth the memory.
+                let evict = blazesym::symbolize::evict::Evict::Elf(
+                    blazesym::symbolize::evict::Elf::new(path),
+                );
+                if let Err(e) = symbolizer.evict(&evict) {
+                    debug!(error = %e, "blazesym eviction failed");
+                }
+            }
+            return owned;
         }
         BatchSource::Kernel => {
             // vmlinux would bring DWARF lines but costs hundreds of MB; kallsyms
@@ -135,6 +158,10 @@ fn symbolize_batch(symbolizer: &Symbolizer, batch: &Batch) -> BatchResult {
             symbolizer.symbolize(&src, Input::AbsAddr(&batch.addresses))
         }
     };
+    owned(result)
+}
+
+fn owned(result: blazesym::Result<Vec<Symbolized<'_>>>) -> BatchResult {
     match result {
         Ok(symbolized) => Ok(symbolized.iter().map(value_from_symbolized).collect()),
         Err(e) => Err(e.to_string()),

@@ -67,6 +67,7 @@ fn config(dir: &Path) -> SymbolsConfig {
         cache_dir: Some(dir.to_path_buf()),
         memory_bytes: 4 << 20,
         disk_bytes: 16 << 20,
+        ..SymbolsConfig::default()
     }
 }
 
