@@ -58,7 +58,7 @@ export KESTREL_SYMBOLS__CACHE_DIR=/tmp/kcache
 export NO_COLOR=1
 export HOME=/tmp
 
-event "boot $(uname -r) online=$(cat $CPU/online) possible=$(cat $CPU/possible) present=$(cat $CPU/present)"
+event "boot $(uname -r) online=$(cat $CPU/online) possible=$(cat $CPU/possible) present=$(cat $CPU/present) perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid) unprivileged_bpf_disabled=$(cat /proc/sys/kernel/unprivileged_bpf_disabled)"
 
 /bin/kvt-workload 2>/tmp/workload.log &
 WORKLOAD=$!

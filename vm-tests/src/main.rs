@@ -197,37 +197,35 @@ fn run_one(
 
 /// Adds the possible-CPU growth check to every matrix guest with P > O.
 fn add_growth_checks(rows: &mut [Row]) {
-    let baselines: BTreeMap<(String, u32), (u64, u64)> = rows
+    let baselines: BTreeMap<(String, u32), Vec<checks::MapComparison>> = rows
         .iter()
         .filter(|r| {
             r.status == Status::Pass
                 && r.guest.scenario == Scenario::Matrix
                 && r.guest.online == r.guest.possible
+                && !r.figures.maps.is_empty()
         })
-        .filter_map(|r| {
-            Some((
+        .map(|r| {
+            (
                 (r.guest.series.clone(), r.guest.online),
-                (r.figures.measured_bytes?, r.figures.planned_bytes?),
-            ))
+                r.figures.maps.clone(),
+            )
         })
         .collect();
     for row in rows.iter_mut() {
         if row.status == Status::Skip
             || row.guest.scenario != Scenario::Matrix
             || row.guest.possible == row.guest.online
+            || row.figures.maps.is_empty()
         {
-            continue;
+            continue; // nothing to compare, or already failed with nothing measured
         }
-        let (Some(measured), Some(planned)) =
-            (row.figures.measured_bytes, row.figures.planned_bytes)
-        else {
-            continue; // already failed: nothing was measured
-        };
-        let baseline = baselines
-            .get(&(row.guest.series.clone(), row.guest.online))
-            .copied();
-        let (check, growth) =
-            checks::growth_check(row.guest.possible, (measured, planned), baseline);
+        let baseline = baselines.get(&(row.guest.series.clone(), row.guest.online));
+        let (check, growth) = checks::growth_check(
+            row.guest.possible,
+            &row.figures.maps,
+            baseline.map(Vec::as_slice),
+        );
         row.checks.push(check);
         row.growth = growth;
         row.settle();
@@ -390,6 +388,18 @@ mod tests {
         row.status = status;
         row.figures.measured_bytes = Some(measured);
         row.figures.planned_bytes = Some(measured + 100);
+        row.figures.maps = vec![checks::MapComparison {
+            name: "scratch".into(),
+            map_type: "percpu_array".into(),
+            max_entries: 1,
+            memlock_bytes: measured,
+            planned_bytes: measured + 100,
+            expected_bytes: measured + 100,
+            expected_from: "plan",
+            difference_bytes: -100,
+            passed_by_struct_slack: false,
+            passed: true,
+        }];
         row.checks.push(checks::Check {
             name: "earlier".into(),
             passed: status == Status::Pass,
@@ -408,11 +418,11 @@ mod tests {
             matrix_row("6.1", 2, 64, 2_000_000, Status::Pass),   // grows too much
         ];
         add_growth_checks(&mut rows);
-        assert_eq!(rows[2].growth.unwrap().measured_bytes, 150_000);
+        assert_eq!(rows[2].growth.as_ref().unwrap().measured_bytes, 150_000);
         assert_eq!(rows[2].status, Status::Pass);
         assert_eq!(rows[3].status, Status::Fail);
         assert!(rows[3].checks.last().unwrap().detail.contains("baseline"));
-        assert_eq!(rows[4].growth.unwrap().measured_bytes, 1_500_000);
+        assert_eq!(rows[4].growth.as_ref().unwrap().measured_bytes, 1_500_000);
         assert_eq!(rows[4].status, Status::Fail);
         assert!(rows[0].growth.is_none() && rows[0].status == Status::Pass);
     }

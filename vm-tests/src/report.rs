@@ -144,7 +144,7 @@ pub fn render(report: &Report) -> String {
             })
             .min();
         let estimate = row.accounting == Some(Accounting::FootprintEstimate);
-        let bound = match row.growth.and_then(|g| g.bound_bytes) {
+        let bound = match row.growth.as_ref().and_then(|g| g.bound_bytes) {
             Some(_) => "<=8MiB, +<=1MiB".to_owned(),
             None if row.status == Status::Skip => "-".to_owned(),
             None => "<=8MiB".to_owned(),
@@ -164,7 +164,11 @@ pub fn render(report: &Report) -> String {
                     .map(|b| format!("{}{}", thousands(b), if estimate { "*" } else { "" })),
             ),
             or_dash(figures.planned_bytes.map(thousands)),
-            or_dash(row.growth.map(|g| signed_thousands(g.measured_bytes))),
+            or_dash(
+                row.growth
+                    .as_ref()
+                    .map(|g| signed_thousands(g.measured_bytes)),
+            ),
             bound,
             match row.status {
                 Status::Pass => "PASS".to_owned(),
@@ -286,6 +290,7 @@ mod tests {
             measured_bytes: 125_000,
             planned_bytes: 125_100,
             bound_bytes: Some(GROWTH_BOUND_BYTES),
+            resized_by_load: Vec::new(),
         });
         let skipped = Row::skipped(
             GuestSpec {
