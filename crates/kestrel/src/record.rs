@@ -100,10 +100,23 @@ pub async fn build_profile(
     frequency_hz: u32,
     off_cpu_enabled: bool,
 ) -> Profile {
-    let mut samples = Vec::with_capacity(agg.stacks.len());
-    for (key, (comm, values)) in &agg.stacks {
-        let mut frames = symbols.symbolize_kernel(&key.kernel_stack).await;
-        frames.extend(symbols.symbolize_user(key.pid, &key.user_stack).await);
+    // One symbolizer request for every stack: misses are batched by file, so
+    // each file is parsed once per report, not once per stack.
+    let entries: Vec<(&StackKey, &(String, SampleValues))> = agg.stacks.iter().collect();
+    let user: Vec<(u32, &[u64])> = entries
+        .iter()
+        .map(|(k, _)| (k.pid, k.user_stack.as_slice()))
+        .collect();
+    let kernel: Vec<&[u64]> = entries
+        .iter()
+        .map(|(k, _)| k.kernel_stack.as_slice())
+        .collect();
+    let (user_frames, kernel_frames) = symbols.symbolize_many(&user, &kernel).await;
+    let mut samples = Vec::with_capacity(entries.len());
+    for (((key, (comm, values)), user), mut frames) in
+        entries.into_iter().zip(user_frames).zip(kernel_frames)
+    {
+        frames.extend(user);
         samples.push(StackSample {
             process: symbols.process_info(key.pid),
             tid: key.tid,

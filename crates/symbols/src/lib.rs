@@ -254,6 +254,44 @@ impl Symbols {
     /// `inlined = true`); unresolvable addresses become [`Frame::unknown`] with
     /// their mapping when known. Works after the process exited.
     pub async fn symbolize_user(&self, pid: u32, stack: &[u64]) -> Vec<Frame> {
+        let plans = self.plan_user(pid, stack);
+        let values = self.resolve(&plans).await;
+        assemble(stack, &plans, &values)
+    }
+
+    /// Symbolizes many stacks with one symbolizer request: every miss of every
+    /// stack, batched by file. `user` stacks are `(pid, stack)`; `kernel` stacks
+    /// go through kallsyms. Same address rules and output as the single-stack
+    /// calls, in input order.
+    pub async fn symbolize_many(
+        &self,
+        user: &[(u32, &[u64])],
+        kernel: &[&[u64]],
+    ) -> (Vec<Vec<Frame>>, Vec<Vec<Frame>>) {
+        let mut plans = Vec::new();
+        let mut spans = Vec::with_capacity(user.len() + kernel.len());
+        for (pid, stack) in user {
+            let p = self.plan_user(*pid, stack);
+            spans.push((plans.len(), p.len()));
+            plans.extend(p);
+        }
+        for stack in kernel {
+            let p = self.plan_kernel(stack);
+            spans.push((plans.len(), p.len()));
+            plans.extend(p);
+        }
+        let values = self.resolve(&plans).await;
+        let stacks = user.iter().map(|(_, s)| *s).chain(kernel.iter().copied());
+        let mut out: Vec<Vec<Frame>> = spans
+            .iter()
+            .zip(stacks)
+            .map(|(&(at, len), stack)| assemble(stack, &plans[at..at + len], &values[at..at + len]))
+            .collect();
+        let kernel_frames = out.split_off(user.len());
+        (out, kernel_frames)
+    }
+
+    fn plan_user(&self, pid: u32, stack: &[u64]) -> Vec<Plan> {
         let process = self.process(pid);
         let mut mappings = process.mappings();
         let mut maps_reread = false;
@@ -306,8 +344,7 @@ impl Symbols {
             };
             plans.push(plan);
         }
-        let values = self.resolve(&plans).await;
-        assemble(stack, &plans, &values)
+        plans
     }
 
     fn jit_plan(
@@ -345,7 +382,13 @@ impl Symbols {
     /// Symbolizes a kernel stack (leaf first, same address rules as
     /// [`Symbols::symbolize_user`]) from kallsyms.
     pub async fn symbolize_kernel(&self, stack: &[u64]) -> Vec<Frame> {
-        let plans: Vec<Plan> = stack
+        let plans = self.plan_kernel(stack);
+        let values = self.resolve(&plans).await;
+        assemble(stack, &plans, &values)
+    }
+
+    fn plan_kernel(&self, stack: &[u64]) -> Vec<Plan> {
+        stack
             .iter()
             .enumerate()
             .map(|(i, &address)| {
@@ -365,9 +408,7 @@ impl Symbols {
                     source: Source::Kernel,
                 }
             })
-            .collect();
-        let values = self.resolve(&plans).await;
-        assemble(stack, &plans, &values)
+            .collect()
     }
 
     /// Answers every lookup plan: memory tier, then disk tier, then perf map names
@@ -376,10 +417,12 @@ impl Symbols {
     async fn resolve(&self, plans: &[Plan]) -> Vec<Option<SymbolValue>> {
         let mut values: Vec<Option<SymbolValue>> = vec![None; plans.len()];
         let mut missing: Vec<(FrameKey, Source)> = Vec::new();
+        let mut missing_keys: std::collections::HashSet<FrameKey> =
+            std::collections::HashSet::new();
         for (i, plan) in plans.iter().enumerate() {
             if let Plan::Lookup { key, source, .. } = plan {
                 values[i] = self.store.get_memory(key);
-                if values[i].is_none() && !missing.iter().any(|(k, _)| k == key) {
+                if values[i].is_none() && missing_keys.insert(*key) {
                     missing.push((*key, source.clone()));
                 }
             }

@@ -167,7 +167,8 @@ pub fn record_workload_env(
     writeln!(w.stdin, "go").expect("workload reads go");
     let status = w.child.wait().expect("workload exits");
     assert!(status.success(), "workload failed: {status}");
-    let workload_lines: Vec<String> = w.lines.try_iter().collect();
+    // The workload has exited: its reader thread ends at EOF, so this returns.
+    let workload_lines: Vec<String> = w.lines.iter().collect();
     let kstatus = kestrel.wait().expect("kestrel exits");
     let stderr = reader.join().expect("stderr reader");
     assert!(

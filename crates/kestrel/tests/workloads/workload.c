@@ -46,20 +46,18 @@ static double now_s(void)
 
 static volatile unsigned long sink;
 
-__attribute__((noinline)) void kestrel_burn_three(double seconds)
+/* The ratio workload burns by iteration count, not wall time: CPU time then
+ * stays 3:1 however often other work preempts the thread. */
+__attribute__((noinline)) void kestrel_burn_three(long iterations)
 {
-	double end = now_s() + seconds;
-	while (now_s() < end)
-		for (int i = 0; i < 1000; i++)
-			sink += i * 3;
+	for (long i = 0; i < 3 * iterations; i++)
+		sink += i * 3;
 }
 
-__attribute__((noinline)) void kestrel_burn_one(double seconds)
+__attribute__((noinline)) void kestrel_burn_one(long iterations)
 {
-	double end = now_s() + seconds;
-	while (now_s() < end)
-		for (int i = 0; i < 1000; i++)
-			sink += i;
+	for (long i = 0; i < iterations; i++)
+		sink += i;
 }
 
 __attribute__((noinline)) void kestrel_syscall_storm(double seconds)
@@ -206,8 +204,8 @@ int main(int argc, char **argv)
 	if (!strcmp(mode, "ratio")) {
 		double end = now_s() + arg;
 		while (now_s() < end) {
-			kestrel_burn_three(0.003);
-			kestrel_burn_one(0.001);
+			kestrel_burn_three(300000);
+			kestrel_burn_one(300000);
 		}
 	} else if (!strcmp(mode, "syscalls")) {
 		kestrel_syscall_storm(arg);
