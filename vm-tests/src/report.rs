@@ -211,7 +211,8 @@ pub fn render(report: &Report) -> String {
     out.push_str(
         "\nmeasured B: sum of the maps' fdinfo memlock. *: kernel < 6.4, where memlock is a page-rounded\n\
          ESTIMATE, not real usage; it is checked against the rig's model of that estimate, not the plan.\n\
-         planned B: the plan's bytes at floor. +possible B: measured total minus the (O, O) guest's.\n",
+         planned B: the record's plan at floor. +possible B: per map, memlock minus the (O, O) guest's\n\
+         (maps live tiers resized for load left out; see the JSON).\n",
     );
     for row in &report.rows {
         if let Some(reason) = &row.skipped_because {
