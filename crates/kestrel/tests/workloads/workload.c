@@ -151,14 +151,19 @@ static void *pipe_reader_thread(void *p)
 }
 
 static volatile int migrating_tid;
+static double migrating_wait_s;
 
 static void *migrating_thread(void *p)
 {
 	char c;
+	double start;
 	(void)p;
 	pin_self(0);
 	migrating_tid = (int)syscall(SYS_gettid);
+	start = now_s();
 	kestrel_migrating_wait(pipe_fds[0], &c);
+	/* The wait as the thread saw it: the reference the profiler must match. */
+	migrating_wait_s = now_s() - start;
 	return NULL;
 }
 
