@@ -267,6 +267,7 @@ class ToolRun:
     proc: subprocess.Popen | None = None
     started: float = 0.0
     usages: dict = field(default_factory=dict)
+    stop_to_output_s: float = 0.0
 
 
 def start_tool(name: str, kestrel: Path, out_dir: Path) -> ToolRun:
@@ -300,6 +301,7 @@ def stop_tool(run: ToolRun) -> None:
     """SIGINT, wait for the tool to write its output, then run its post-processing."""
     if run.proc is None:
         return
+    stop_requested = time.monotonic()
     os.kill(run.proc.pid, signal.SIGINT)
     run.usages["record"] = wait_usage(run.proc, run.started, timeout_s=600)
     if run.name == "perf":
@@ -310,6 +312,7 @@ def stop_tool(run: ToolRun) -> None:
                 "--sort", "comm,dso,sym", "-g", "folded,0,caller,count"]
         (run.out_dir / "post-argv.json").write_text(json.dumps(argv))
         run.usages["report"] = run_usage(argv, run.out_dir / "perf-report.txt", run.out_dir)
+    run.stop_to_output_s = time.monotonic() - stop_requested
 
 
 # --------------------------------------------------------------------------- sample counting
@@ -455,6 +458,7 @@ def one_run(name: str, round_no: int, args, kestrel: Path, workload: Path, raw_d
             "cpu_s": sum(u.cpu_s for u in tool.usages.values()),
             "peak_rss_bytes": max(u.maxrss_bytes for u in tool.usages.values()),
             "steps": {k: vars(u) for k, u in tool.usages.items()},
+            "stop_to_output_s": tool.stop_to_output_s,
         }
         samples = count_samples(name, out_dir)
         result["samples"] = vars(samples)
@@ -492,6 +496,10 @@ def summarize(runs: list[dict], args, nproc: int) -> dict:
             row["samples_vs_expected"] = spread([r["samples"]["workload"] / expected for r in mine])
             row["samples_vs_workload_cpu"] = spread(
                 [r["samples"]["workload"] / (FREQUENCY_HZ * r["window"]["workload_cpu_s"]) for r in mine])
+            row["record_cpu_s"] = spread([r["tool"]["steps"]["record"]["cpu_s"] for r in mine])
+            row["post_cpu_s"] = spread([r["tool"]["cpu_s"] - r["tool"]["steps"]["record"]["cpu_s"] for r in mine])
+            row["window_cpu_s"] = spread([r["window"]["tool_cpu_s"] for r in mine])
+            row["stop_to_output_s"] = spread([r["tool"]["stop_to_output_s"] for r in mine])
             row["symbolized"] = spread(
                 [r["samples"]["symbolized"] / r["samples"]["workload"] if r["samples"]["workload"] else 0.0 for r in mine])
         rows[name] = row
@@ -540,8 +548,8 @@ def markdown(summary: dict, machine: dict, args, meta: dict) -> str:
         f"{summary['expected_samples']:g}. Cells: median (min–max).",
         "",
         "| config | CPU s (all processes) | × Kestrel | peak RSS MiB | × Kestrel | throughput vs none "
-        "| workload samples / expected | symbolized | others' CPU |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workload samples / expected | … / (19 × workload CPU-s) | symbolized | others' CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in CONFIGS:
         if name not in rows:
@@ -550,7 +558,7 @@ def markdown(summary: dict, machine: dict, args, meta: dict) -> str:
         others = fmt_spread(row["foreign_cpu_share"], 100, 1, " %")
         if name == "none":
             tput = row["throughput_rounds_per_s"]
-            lines.append(f"| none | – | – | – | – | {tput['median']:.0f} rounds/s (= 1) | – | – | {others} |")
+            lines.append(f"| none | – | – | – | – | {tput['median']:.0f} rounds/s (= 1) | – | – | – | {others} |")
             continue
         cpu_ratio = f"{row['cpu_s']['median'] / ref['cpu_s']['median']:.1f}×" if ref else "–"
         rss_ratio = f"{row['peak_rss_bytes']['median'] / ref['peak_rss_bytes']['median']:.1f}×" if ref else "–"
@@ -559,8 +567,20 @@ def markdown(summary: dict, machine: dict, args, meta: dict) -> str:
             f"| {fmt_spread(row['peak_rss_bytes'], 1 / MIB, 1)} | {rss_ratio} "
             f"| {fmt_spread(row['relative_throughput'], digits=4)} "
             f"| {fmt_spread(row['samples_vs_expected'], 100, 1, ' %')} "
+            f"| {fmt_spread(row['samples_vs_workload_cpu'], 100, 1, ' %')} "
             f"| {fmt_spread(row['symbolized'], 100, 1, ' %')} | {others} |"
         )
+    lines += ["", "Where the CPU goes (medians, seconds): the recording process over its whole life, the "
+              "post-processing processes, the recording process during the burn only, and the wall time "
+              "from SIGINT to the symbolized profile on disk.", "",
+              "| config | recording process | post-processing | during the burn | SIGINT → output |",
+              "|---|---|---|---|---|"]
+    for name in CONFIGS:
+        if name == "none" or name not in rows:
+            continue
+        row = rows[name]
+        lines.append(f"| {name} | {row['record_cpu_s']['median']:.3f} | {row['post_cpu_s']['median']:.3f} "
+                     f"| {row['window_cpu_s']['median']:.2f} | {row['stop_to_output_s']['median']:.2f} |")
     lines += ["", "| Kestrel config | target | measured (median) | result |", "|---|---|---|---|"]
     for t in summary["targets"]:
         lines.append(f"| {t['config']} | {t['target']} | {t['measured']} | {'PASS' if t['pass'] else 'MISS'} |")
