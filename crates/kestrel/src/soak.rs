@@ -8,6 +8,15 @@
 //! in-flight off-CPU entries (the `counters` map's gauge, read through the map id),
 //! and the symbol store's memory and disk bytes (the agent's stats file).
 //!
+//! Verdicts: resident memory, open descriptors and BPF map memory must not grow
+//! by more than `--max-growth` (each compared as the minimum over a window before
+//! the baseline and over the settle phase at the end, so a report in flight does
+//! not count as growth; `VmHWM` as its value). Two measures are bounded rather
+//! than flat by design, and are judged against their bound, their growth shown:
+//! the symbol store, a cache that fills with every new frame the host runs up to
+//! its configured bytes, and the in-flight off-CPU entries, at most one per live
+//! thread of the host (`/proc/loadavg`).
+//!
 //! The churn runs in this process, not in the agent: processes are `sleep`s of a
 //! few milliseconds (each blocks once, so off-CPU sampling sees it and the agent
 //! captures it), threads burn a little CPU and block a few times before ending.
@@ -26,6 +35,10 @@ use serde::Serialize;
 /// Index of the in-flight gauge in the BPF `counters` map (`enum counter` in
 /// bpf/kestrel.h; `Session::counters` reads the same slot).
 const COUNTER_OFF_CPU_IN_FLIGHT: u32 = 11;
+
+/// The agent's symbol store bounds during the soak (the defaults of config.toml).
+const STORE_MEMORY_BYTES: u64 = 32 << 20;
+const STORE_DISK_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, clap::Args)]
 pub struct SoakArgs {
@@ -77,6 +90,8 @@ pub struct Measurement {
     pub store_disk_bytes: u64,
     pub samples_received: u64,
     pub samples_lost: u64,
+    /// Threads of the whole host (the kernel's count, from /proc/loadavg).
+    pub host_threads: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +100,8 @@ pub struct Verdict {
     pub baseline: f64,
     pub end: f64,
     pub growth: f64,
+    /// What `end` was judged against: the growth limit (`growth`) or a bound.
+    pub rule: String,
     pub ok: bool,
 }
 
@@ -100,7 +117,11 @@ pub struct SoakReport {
     pub baseline: Measurement,
     pub end: Measurement,
     pub peak_rss_bytes: u64,
+    /// Ring buffer re-plans by the live tiers over the whole run.
+    pub replans: u64,
     pub verdicts: Vec<Verdict>,
+    /// Every measurement, twice a second.
+    pub series: Vec<Measurement>,
     pub agent_error_lines: u64,
     pub agent_warning_lines: u64,
     pub agent_exit_ok: bool,
@@ -147,6 +168,15 @@ fn measure(pid: u32, stats_file: &Path, started: Instant) -> Option<Measurement>
             m.bpf_in_flight = gauge;
         }
     }
+    m.host_threads = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .and_then(|f| f.split_once('/'))
+                .and_then(|(_, total)| total.parse().ok())
+        })
+        .unwrap_or(0);
     if let Ok(text) = std::fs::read_to_string(stats_file) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
             let get = |k: &str| v[k].as_u64().unwrap_or(0);
@@ -262,7 +292,7 @@ fn write_agent_config(dir: &Path, args: &SoakArgs) -> Result<PathBuf> {
     let toml = format!(
         "[sampling]\nfrequency_hz = {}\n\n[off_cpu]\nprobability = {}\n\n\
          [agent]\nreport_interval_s = {}\nreport_jitter = 0.0\nstats_log_interval_s = 0.0\nstats_file = {:?}\n\n\
-         [symbols]\ncache_dir = {:?}\n\n\
+         [symbols]\ncache_dir = {:?}\nmemory_bytes = {STORE_MEMORY_BYTES}\ndisk_bytes = {STORE_DISK_BYTES}\n\n\
          [[exporters]]\nkind = \"folded_dir\"\ndir = {:?}\nmax_files = 16\n",
         args.frequency,
         args.off_cpu_probability,
@@ -298,21 +328,53 @@ fn wait_for_agent(child: &mut Child, log: &Path) -> Result<()> {
     }
 }
 
-fn verdict(metric: &'static str, baseline: f64, end: f64, max_growth: f64) -> Verdict {
-    let growth = if baseline > 0.0 {
+fn growth_of(baseline: f64, end: f64) -> f64 {
+    if baseline > 0.0 {
         (end - baseline) / baseline
     } else if end > 0.0 {
         f64::INFINITY
     } else {
         0.0
-    };
+    }
+}
+
+/// `end` may exceed `baseline` by at most `max_growth`.
+fn flat(metric: &'static str, baseline: f64, end: f64, max_growth: f64) -> Verdict {
+    let growth = growth_of(baseline, end);
     Verdict {
         metric,
         baseline,
         end,
         growth,
+        rule: format!("growth <= {:.1} %", max_growth * 100.0),
         ok: growth <= max_growth,
     }
+}
+
+/// `end` may be anything up to `bound`; its growth is shown, not judged.
+fn bounded(metric: &'static str, baseline: f64, end: f64, bound: f64, what: &str) -> Verdict {
+    Verdict {
+        metric,
+        baseline,
+        end,
+        growth: growth_of(baseline, end),
+        rule: format!("<= {bound:.0} ({what})"),
+        ok: end <= bound,
+    }
+}
+
+/// The smallest value of `field` among `samples` taken within `[from, to]` seconds.
+fn window_min(
+    samples: &[Measurement],
+    from: f64,
+    to: f64,
+    field: impl Fn(&Measurement) -> f64,
+) -> Option<f64> {
+    samples
+        .iter()
+        .filter(|m| m.at_s >= from && m.at_s <= to)
+        .map(field)
+        .reduce(f64::min)
 }
 
 pub fn run(args: &SoakArgs) -> Result<ExitCode> {
@@ -393,12 +455,10 @@ pub fn run(args: &SoakArgs) -> Result<ExitCode> {
         threads_started.clone(),
     ));
 
-    let mut baseline = None;
-    let mut last = Measurement::default();
-    let mut peak_rss = 0;
+    let mut samples: Vec<Measurement> = Vec::new();
+    let mut baseline_announced = false;
     let mut next_print = Duration::ZERO;
-    while started.elapsed() < duration {
-        std::thread::sleep(Duration::from_millis(500));
+    let sample_once = |samples: &mut Vec<Measurement>| -> Result<Measurement> {
         let Some(m) = measure(pid, &stats_file, started) else {
             stop.store(true, Ordering::Relaxed);
             bail!(
@@ -406,9 +466,14 @@ pub fn run(args: &SoakArgs) -> Result<ExitCode> {
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         };
-        peak_rss = peak_rss.max(m.rss_bytes);
-        if baseline.is_none() && m.at_s >= warmup {
-            baseline = Some(m);
+        samples.push(m);
+        Ok(m)
+    };
+    while started.elapsed() < duration {
+        std::thread::sleep(Duration::from_millis(500));
+        let m = sample_once(&mut samples)?;
+        if !baseline_announced && m.at_s >= warmup {
+            baseline_announced = true;
             eprintln!("kestrel soak: baseline taken at {:.0} s", m.at_s);
         }
         if started.elapsed() >= next_print {
@@ -426,15 +491,21 @@ pub fn run(args: &SoakArgs) -> Result<ExitCode> {
                 threads_started.load(Ordering::Relaxed),
             );
         }
-        last = m;
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.join();
     }
-    // Let the last churn drain out of the agent: two reports and their forgetting.
-    std::thread::sleep(Duration::from_secs_f64(2.0 * args.report_interval + 0.5));
-    let end = measure(pid, &stats_file, started).unwrap_or(last);
+    // Settle: the last churn drains out of the agent (two reports and the
+    // forgetting of exited processes), sampled like the rest.
+    let churn_end = started.elapsed().as_secs_f64();
+    let settle = Duration::from_secs_f64(2.0 * args.report_interval + 1.0);
+    let settle_started = Instant::now();
+    while settle_started.elapsed() < settle {
+        std::thread::sleep(Duration::from_millis(500));
+        sample_once(&mut samples)?;
+    }
+    let end_s = started.elapsed().as_secs_f64();
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -446,50 +517,72 @@ pub fn run(args: &SoakArgs) -> Result<ExitCode> {
         log_text.lines().filter(|l| l.contains(&needle)).count() as u64
     };
 
-    let baseline = baseline.unwrap_or(last);
+    let window = (warmup / 2.0).min(10.0);
+    let at_or_before = |t: f64| -> Measurement {
+        samples
+            .iter()
+            .rev()
+            .find(|m| m.at_s <= t)
+            .or(samples.first())
+            .copied()
+            .unwrap_or_default()
+    };
+    let baseline = at_or_before(warmup);
+    let end = samples.last().copied().unwrap_or_default();
+    let min_of = |from: f64, to: f64, f: &dyn Fn(&Measurement) -> f64| {
+        window_min(&samples, from, to, f).unwrap_or(0.0)
+    };
     let g = args.max_growth;
+    let (b0, b1) = (warmup - window, warmup);
+    let (e0, e1) = (churn_end, end_s);
+    let rss = |m: &Measurement| m.rss_bytes as f64;
+    let fds = |m: &Measurement| m.open_fds as f64;
+    let bpf = |m: &Measurement| m.bpf_memlock_bytes as f64;
     let verdicts = vec![
-        verdict(
-            "resident memory (VmRSS)",
-            baseline.rss_bytes as f64,
-            end.rss_bytes as f64,
+        flat(
+            "resident memory (VmRSS, window min)",
+            min_of(b0, b1, &rss),
+            min_of(e0, e1, &rss),
             g,
         ),
-        verdict(
+        flat(
             "peak resident memory (VmHWM)",
             baseline.hwm_bytes as f64,
             end.hwm_bytes as f64,
             g,
         ),
-        verdict(
-            "open descriptors",
-            baseline.open_fds as f64,
-            end.open_fds as f64,
+        flat(
+            "open descriptors (window min)",
+            min_of(b0, b1, &fds),
+            min_of(e0, e1, &fds),
             g,
         ),
-        verdict(
+        flat(
             "BPF map kernel memory",
-            baseline.bpf_memlock_bytes as f64,
-            end.bpf_memlock_bytes as f64,
+            min_of(b0, b1, &bpf),
+            min_of(e0, e1, &bpf),
             g,
         ),
-        verdict(
-            "BPF in-flight entries",
+        bounded(
+            "BPF in-flight off-CPU entries",
             baseline.bpf_in_flight as f64,
             end.bpf_in_flight as f64,
-            g,
+            end.host_threads as f64,
+            "threads on the host",
         ),
-        verdict(
+        bounded(
             "symbol store memory",
             baseline.store_memory_bytes as f64,
             end.store_memory_bytes as f64,
-            g,
+            STORE_MEMORY_BYTES as f64,
+            "symbols.memory_bytes",
         ),
-        verdict(
+        bounded(
             "symbol store disk",
             baseline.store_disk_bytes as f64,
             end.store_disk_bytes as f64,
-            g,
+            STORE_DISK_BYTES as f64,
+            "symbols.disk_bytes",
         ),
     ];
     let processes = processes_started.load(Ordering::Relaxed);
@@ -507,8 +600,10 @@ pub fn run(args: &SoakArgs) -> Result<ExitCode> {
         threads_started: threads,
         baseline,
         end,
-        peak_rss_bytes: peak_rss,
+        peak_rss_bytes: samples.iter().map(|m| m.rss_bytes).max().unwrap_or(0),
+        replans: log_text.matches("\"message\":\"re-plan\"").count() as u64,
         verdicts,
+        series: samples.clone(),
         agent_error_lines: errors,
         agent_warning_lines: count("WARN"),
         agent_exit_ok,
@@ -541,32 +636,31 @@ fn render(r: &SoakReport, max_growth: f64) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<30} {:>14} {:>14} {:>9}  limit {:.1} %",
-        "metric",
-        "baseline",
-        "end",
-        "growth",
-        max_growth * 100.0
+        "{:<37} {:>12} {:>12} {:>9}  rule",
+        "metric", "baseline", "end", "growth"
     );
     for v in &r.verdicts {
         let _ = writeln!(
             out,
-            "{:<30} {:>14.0} {:>14.0} {:>8.2}%  {}",
+            "{:<37} {:>12.0} {:>12.0} {:>8.2}%  {} {}",
             v.metric,
             v.baseline,
             v.end,
             v.growth * 100.0,
+            v.rule,
             if v.ok { "ok" } else { "FAIL" }
         );
     }
     let _ = writeln!(
         out,
-        "samples received {} lost {} (baseline {} / {}); peak VmRSS {} B",
+        "samples received {} lost {} (baseline {} / {}); peak VmRSS {} B; {} ring re-plans; limit {:.1} %",
         r.end.samples_received,
         r.end.samples_lost,
         r.baseline.samples_received,
         r.baseline.samples_lost,
-        r.peak_rss_bytes
+        r.peak_rss_bytes,
+        r.replans,
+        max_growth * 100.0
     );
     let _ = writeln!(
         out,
