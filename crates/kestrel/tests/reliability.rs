@@ -619,10 +619,10 @@ fn full_disk_under_the_cache_still_writes_every_output_with_a_warning() {
         sum_with(&folded(&out), "kestrel_rel_spin") > 0,
         "frames still symbolized (memory tier)"
     );
-    // Room for the directory and a few blocks only: the disk tier fills during
-    // the recording (the whole system is sampled, so many symbols are stored).
+    // One free page, for the store's marker: the disk tier opens, and its first
+    // flush of symbols (at the latest when the store closes) fails.
     std::fs::remove_file(mount.join("filler")).unwrap();
-    std::fs::write(mount.join("filler"), vec![0u8; 140 << 10]).unwrap();
+    std::fs::write(mount.join("filler"), vec![0u8; 252 << 10]).unwrap();
     let out = dir.path().join("out2");
     let mut command = record_command(&out, &["--duration", "3"]);
     command.env("KESTREL_SYMBOLS__CACHE_DIR", mount.join("cache2"));
