@@ -13,30 +13,19 @@ use crate::cli::CheckArgs;
 /// Capability bits (linux/capability.h) Kestrel cares about, and what lacking
 /// each one disables.
 pub const CAPABILITIES: &[(&str, u32, &str)] = &[
-    (
-        "CAP_BPF",
-        39,
-        "loading BPF programs and creating maps (or CAP_SYS_ADMIN)",
-    ),
-    (
-        "CAP_PERFMON",
-        38,
-        "perf_event sampling and tracing programs (or CAP_SYS_ADMIN)",
-    ),
+    ("CAP_BPF", 39, "no BPF programs or maps (unless CAP_SYS_ADMIN is held)"),
+    ("CAP_PERFMON", 38, "no perf_event sampling or tracing programs (unless CAP_SYS_ADMIN is held)"),
     (
         "CAP_SYS_ADMIN",
         21,
-        "nothing if CAP_BPF and CAP_PERFMON are held; otherwise everything",
+        "nothing while CAP_BPF and CAP_PERFMON are held, except sampling hot-added CPUs where kernel.perf_event_paranoid > 2",
     ),
+    ("CAP_SYS_PTRACE", 19, "no symbols for other users' processes (their /proc/PID/maps and executables)"),
+    ("CAP_SYSLOG", 34, "no kernel symbol names (/proc/kallsyms shows zero addresses)"),
     (
-        "CAP_SYS_PTRACE",
-        19,
-        "reading other users' /proc/PID/maps and their executables for symbols",
-    ),
-    (
-        "CAP_SYSLOG",
-        34,
-        "kernel symbol addresses in /proc/kallsyms (kernel frames show as addresses)",
+        "CAP_DAC_READ_SEARCH",
+        2,
+        "(optional) no symbols for executables in directories the agent's user cannot read",
     ),
 ];
 
@@ -140,6 +129,16 @@ pub fn report() -> CheckReport {
         "needs CAP_PERFMON (or root) and kernel.perf_event_paranoid <= 2 for non-root.",
         &mut problems,
     );
+    for name in ["CAP_SYS_PTRACE", "CAP_SYSLOG"] {
+        if privileged && !held(name) && !held("CAP_SYS_ADMIN") {
+            let what = CAPABILITIES
+                .iter()
+                .find(|c| c.0 == name)
+                .map(|c| c.2)
+                .unwrap_or("");
+            problems.push(format!("{name} is missing: {what}. Grant it with setcap or the service's AmbientCapabilities."));
+        }
+    }
     if features.off_cpu_hook().is_none() {
         problems.push(
             "Neither tp_btf nor raw_tp on sched_switch loads: off-CPU profiling is unavailable (set off_cpu.probability = 0)."
@@ -255,13 +254,13 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
         out.push_str("capabilities (effective):\n");
         for c in &r.capabilities {
             out.push_str(&format!(
-                "  {:<15} {:<4} {}\n",
+                "  {:<19} {:<4} {}\n",
                 c.name,
                 if c.held { "yes" } else { "no" },
                 if c.held {
                     String::new()
                 } else {
-                    format!("without it: no {}", c.needed_for)
+                    format!("without it: {}", c.needed_for)
                 }
             ));
         }

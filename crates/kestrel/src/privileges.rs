@@ -19,7 +19,9 @@
 //! `unprivileged_bpf_disabled` check moved from every `bpf()` command to program
 //! load and map creation). On older kernels with `unprivileged_bpf_disabled` set,
 //! every `bpf()` command needs it, so it is kept there. `CAP_SYS_ADMIN` is kept
-//! only when it stands in for a missing `CAP_PERFMON` or `CAP_BPF`.
+//! only when it stands in for a missing `CAP_PERFMON` or `CAP_BPF`, or when
+//! `kernel.perf_event_paranoid` is above 2 (a Debian/Ubuntu patch under which
+//! only `CAP_SYS_ADMIN` may open perf events, needed for hot-added CPUs).
 //!
 //! When the agent may load programs again later (live tiers re-plan the maps and
 //! swap in a new object when the ring buffer must grow or CPUs change), `CAP_BPF`
@@ -226,9 +228,21 @@ fn bpf_commands_need_cap_bpf(release: &str, unprivileged_bpf_disabled: &str) -> 
     version < (5, 19) && unprivileged_bpf_disabled.trim() != "0"
 }
 
+/// Whether opening a perf event needs `CAP_SYS_ADMIN` here: Debian and Ubuntu
+/// kernels add `kernel.perf_event_paranoid = 3`, at which `CAP_PERFMON` is not
+/// enough (seen in the VM rig: hot-added CPUs could not be sampled).
+fn perf_events_need_admin(perf_event_paranoid: &str) -> bool {
+    perf_event_paranoid
+        .trim()
+        .parse::<i32>()
+        .is_ok_and(|level| level > 2)
+}
+
 /// The capabilities to keep effective out of `held`, on a kernel where `bpf()`
-/// commands on open descriptors do (`bpf_needs_cap`) or do not need `CAP_BPF`.
-pub fn kept_mask(held: u64, bpf_needs_cap: bool) -> u64 {
+/// commands on open descriptors do (`bpf_needs_cap`) or do not need `CAP_BPF`,
+/// and where perf events for CPUs that come online later do (`perf_needs_admin`)
+/// or do not need `CAP_SYS_ADMIN`.
+pub fn kept_mask(held: u64, bpf_needs_cap: bool, perf_needs_admin: bool) -> u64 {
     let mut keep = 0u64;
     for &(cap, _, _) in KEPT_AFTER_ATTACH {
         keep |= held & bit(cap);
@@ -238,7 +252,7 @@ pub fn kept_mask(held: u64, bpf_needs_cap: bool) -> u64 {
     }
     let perfmon_missing = held & bit(CAP_PERFMON) == 0;
     let bpf_missing = bpf_needs_cap && held & bit(CAP_BPF) == 0;
-    if perfmon_missing || bpf_missing {
+    if perfmon_missing || bpf_missing || perf_needs_admin {
         // CAP_SYS_ADMIN is what let perf_event_open (or bpf()) work then.
         keep |= held & bit(CAP_SYS_ADMIN);
     }
@@ -447,9 +461,12 @@ pub fn drop_capabilities(reload: Reload) -> Result<DropReport, PrivilegeError> {
         .unwrap_or_default();
     let unprivileged_bpf_disabled =
         std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap_or_default();
+    let perf_event_paranoid =
+        std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
     let effective = kept_mask(
         held,
         bpf_commands_need_cap_bpf(&release, &unprivileged_bpf_disabled),
+        perf_events_need_admin(&perf_event_paranoid),
     );
     let permitted = effective | loading_mask(held, reload);
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -616,14 +633,22 @@ mod tests {
         assert!(!bpf_commands_need_cap_bpf("5.19.0", "2"));
         assert!(!bpf_commands_need_cap_bpf("6.18.44-fc-v769", "1"));
         let four = bit(CAP_BPF) | bit(CAP_PERFMON) | bit(CAP_SYS_PTRACE) | bit(CAP_SYSLOG);
-        assert_eq!(kept_mask(four, false), four & !bit(CAP_BPF));
-        assert_eq!(kept_mask(four, true), four);
+        assert_eq!(kept_mask(four, false, false), four & !bit(CAP_BPF));
+        assert_eq!(kept_mask(four, true, false), four);
     }
 
     #[test]
     fn root_keeps_the_four_and_no_admin() {
         let root = (1u64 << 41) - 1;
-        let kept = kept_mask(root, false);
+        let kept = kept_mask(root, false, false);
+        // perf_event_paranoid = 3 (Debian): CAP_PERFMON is not enough for the
+        // perf events of hot-added CPUs, so a root agent keeps CAP_SYS_ADMIN.
+        assert!(kept_mask(root, false, true) & bit(CAP_SYS_ADMIN) != 0);
+        assert!(
+            perf_events_need_admin("3\n")
+                && !perf_events_need_admin("2")
+                && !perf_events_need_admin("")
+        );
         assert_eq!(
             names(kept),
             [
@@ -635,7 +660,7 @@ mod tests {
         );
         // Only CAP_SYS_ADMIN (no CAP_PERFMON) granted: it is what perf_event_open needs.
         let admin_only = bit(CAP_SYS_ADMIN) | bit(CAP_SYS_PTRACE);
-        assert_eq!(kept_mask(admin_only, false), admin_only);
+        assert_eq!(kept_mask(admin_only, false, false), admin_only);
     }
 
     #[test]

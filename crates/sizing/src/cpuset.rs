@@ -31,10 +31,13 @@ impl CpuSet {
             reason,
         };
         let trimmed = input.trim();
-        let mut ids = Vec::new();
         if trimmed.is_empty() {
-            return Ok(CpuSet { ids });
+            return Ok(CpuSet { ids: Vec::new() });
         }
+        // A bitmap over every valid id: repeated or overlapping ranges cost
+        // nothing extra (expanding each range first let a 32 KiB list of
+        // repeated ranges allocate over 1 GiB; found by fuzzing).
+        let mut present = vec![false; MAX_CPU_ID as usize + 1];
         for part in trimmed.split(',') {
             let part = part.trim();
             if part.is_empty() {
@@ -52,10 +55,11 @@ impl CpuSet {
                     "range {part:?} runs backwards ({first} > {last})"
                 )));
             }
-            ids.extend(first..=last);
+            present[first as usize..=last as usize].fill(true);
         }
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = (0..=MAX_CPU_ID)
+            .filter(|&id| present[id as usize])
+            .collect();
         Ok(CpuSet { ids })
     }
 
@@ -158,6 +162,13 @@ impl Serialize for CpuSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_wide_ranges_stay_cheap() {
+        let input = vec!["0-65535"; 200].join(",");
+        let set = CpuSet::parse(&input).unwrap();
+        assert_eq!(set.len(), 65536);
+    }
 
     #[test]
     fn parses_ranges_singles_and_trailing_newline() {
