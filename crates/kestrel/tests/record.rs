@@ -29,9 +29,21 @@ fn on_cpu_functions_appear_by_name_in_their_cpu_ratio() {
         "too few samples: three={three} one={one}\n{folded:?}"
     );
     let ratio = three / one;
+    let cpu_ratio: f64 = r
+        .workload_lines
+        .iter()
+        .find_map(|l| l.strip_prefix("cpu_ratio "))
+        .expect("the workload reports its CPU ratio")
+        .trim()
+        .parse()
+        .unwrap();
     assert!(
-        (2.7..=3.3).contains(&ratio),
-        "burn ratio {ratio:.3} not within 3 ± 10 % (three={three}, one={one})"
+        (2.4..=3.6).contains(&cpu_ratio),
+        "the workload's own CPU ratio is {cpu_ratio}, not about 3"
+    );
+    assert!(
+        (ratio / cpu_ratio - 1.0).abs() <= 0.10,
+        "profile ratio {ratio:.3} vs the CPU time the workload measured {cpu_ratio:.3}: not within ± 10 % (three={three}, one={one})"
     );
 }
 
