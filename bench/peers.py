@@ -133,6 +133,22 @@ def wait_until_quiet(max_minutes: float, threshold: float = 0.5, quiet_for_s: fl
         time.sleep(poll_s)
 
 
+def wait_until_idle(budget_s: float, threshold: float, window_s: float = 20) -> float:
+    """Between runs: wait until other processes use < threshold of all CPU time for two
+    windows in a row (measured from /proc/stat, nothing of ours runs now); at most budget_s.
+    Returns the seconds waited."""
+    started = time.monotonic()
+    calm_windows = 0
+    ncpu = os.cpu_count() or 1
+    while time.monotonic() - started < budget_s and calm_windows < 2:
+        busy0 = system_busy_ticks()
+        time.sleep(window_s)
+        share = (system_busy_ticks() - busy0) / CLOCK_TICKS / (ncpu * window_s)
+        calm_windows = calm_windows + 1 if share < threshold else 0
+        log(f"  others use {share * 100:.1f} % of the CPUs (want < {threshold * 100:g} % twice)")
+    return time.monotonic() - started
+
+
 def machine_info(kestrel: Path) -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
@@ -393,8 +409,8 @@ def count_samples(name: str, out_dir: Path) -> Samples | None:
 # --------------------------------------------------------------------------- one run
 
 
-def one_run(name: str, round_no: int, args, kestrel: Path, workload: Path, raw_dir: Path) -> dict:
-    out_dir = raw_dir / f"r{round_no}-{name}"
+def one_run(name: str, round_no: int, args, kestrel: Path, workload: Path, raw_dir: Path, attempt: int) -> dict:
+    out_dir = raw_dir / f"r{round_no}-{name}" if attempt == 0 else raw_dir / f"r{round_no}-{name}-retry{attempt}"
     out_dir.mkdir(parents=True)
     # The workload process exists before the profiler starts and burns on a go line.
     burn = subprocess.Popen(
@@ -503,7 +519,9 @@ def summarize(runs: list[dict], args, nproc: int) -> dict:
             row["symbolized"] = spread(
                 [r["samples"]["symbolized"] / r["samples"]["workload"] if r["samples"]["workload"] else 0.0 for r in mine])
         rows[name] = row
-    return {"expected_samples": expected, "rows": rows, "targets": evaluate_targets(rows)}
+    return {"expected_samples": expected, "rows": rows, "targets": evaluate_targets(rows),
+            "repeats": sum(r.get("attempt", 0) for r in runs),
+            "noisy_kept": sum(1 for r in runs if r.get("noisy")), "max_noise": args.max_noise}
 
 
 def evaluate_targets(rows: dict) -> list[dict]:
@@ -546,6 +564,9 @@ def markdown(summary: dict, machine: dict, args, meta: dict) -> str:
         f"quiet wait: {meta['quiet']}",
         f"Expected samples per run: {FREQUENCY_HZ} × {machine['nproc']} CPUs × {args.duration:g} s = "
         f"{summary['expected_samples']:g}. Cells: median (min–max).",
+        f"Runs repeated because other processes used > {summary['max_noise'] * 100:g} % of the CPUs during the "
+        f"burn: {summary['repeats']}; runs kept although they did (retries or wait budget spent): "
+        f"{summary['noisy_kept']}.",
         "",
         "| config | CPU s (all processes) | × Kestrel | peak RSS MiB | × Kestrel | throughput vs none "
         "| workload samples / expected | … / (19 × workload CPU-s) | symbolized | others' CPU |",
@@ -602,6 +623,13 @@ def parse_args() -> argparse.Namespace:
                         help="pause between runs (default 2 s)")
     parser.add_argument("--quiet-wait-min", type=float, default=float(env.get("QUIET_WAIT_MIN", 40)),
                         help="wait up to this many minutes for 1-min load < 0.5 during a minute (0 = no wait)")
+    parser.add_argument("--max-noise", type=float, default=float(env.get("MAX_NOISE", 0.05)),
+                        help="repeat a run when other processes used more than this share of the CPUs during "
+                             "its burn (default 0.05)")
+    parser.add_argument("--max-retries", type=int, default=int(env.get("MAX_RETRIES", 3)),
+                        help="repeats per run at most (default 3)")
+    parser.add_argument("--retry-wait-min", type=float, default=float(env.get("RETRY_WAIT_MIN", 30)),
+                        help="minutes, over the whole bench, to wait for other processes before repeats (default 30)")
     parser.add_argument("--configs", default=env.get("CONFIGS", ",".join(CONFIGS)),
                         help="comma-separated subset of " + ",".join(CONFIGS))
     parser.add_argument("--skip-build", action="store_true", help="use target/release/kestrel as it is")
@@ -630,11 +658,23 @@ def main() -> int:
     log(f"machine: {machine['nproc']} CPUs, {machine['kernel']}, {machine['cpu_model']}; quiet wait {quiet_text}")
 
     runs = []
+    retry_budget_s = args.retry_wait_min * 60
     for round_no in range(args.rounds):
         order = args.configs if round_no % 2 == 0 else list(reversed(args.configs))
         for name in order:
             log(f"round {round_no + 1}/{args.rounds}: {name}")
-            result = one_run(name, round_no, args, kestrel, workload, raw_dir)
+            attempt = 0
+            while True:
+                result = one_run(name, round_no, args, kestrel, workload, raw_dir, attempt)
+                noise = result["window"]["foreign_cpu_s"] / ((os.cpu_count() or 1) * result["window"]["seconds"])
+                if noise <= args.max_noise or attempt >= args.max_retries or retry_budget_s <= 0:
+                    break
+                attempt += 1
+                log(f"  others used {noise * 100:.1f} % of the CPUs during the burn (> {args.max_noise * 100:g} %): "
+                    f"waiting for them, then repeating the run (attempt {attempt + 1})")
+                retry_budget_s -= wait_until_idle(retry_budget_s, args.max_noise)
+            result["attempt"] = attempt
+            result["noisy"] = noise > args.max_noise
             runs.append(result)
             brief = f"{result['workload']['rounds_per_s']:.0f} rounds/s"
             if "tool" in result:
