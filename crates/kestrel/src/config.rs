@@ -470,9 +470,14 @@ mod tests {
 
     #[test]
     fn root_config_toml_equals_the_built_in_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.toml");
-        let c = load(Some(&path), &NoOverrides::default()).unwrap();
-        assert_eq!(c, Config::default());
+        // Inside a Jail: other tests set KESTREL_* variables process-wide in
+        // theirs, and figment runs one Jail at a time.
+        Jail::expect_with(|_jail| {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.toml");
+            let c = load(Some(&path), &NoOverrides::default()).unwrap();
+            assert_eq!(c, Config::default());
+            Ok(())
+        });
     }
 
     #[test]
