@@ -60,13 +60,12 @@ fn raw_tp_fallback_measures_the_same_waits() {
         &["--off-cpu-probability", "1", "--duration", "4"],
     );
     let auto_sleep = sum_with(&r.folded("offcpu.folded"), "kestrel_sleep_fn") as f64;
-    std::env::set_var("KESTREL_OFF_CPU__HOOK", "raw_tp");
-    let r = record_workload(
+    let r = record_workload_env(
         "offcpu",
         "0",
         &["--off-cpu-probability", "1", "--duration", "4"],
+        &[("KESTREL_OFF_CPU__HOOK", "raw_tp")],
     );
-    std::env::remove_var("KESTREL_OFF_CPU__HOOK");
     assert_eq!(r.stats["off_cpu"]["hook"], "raw_tp/sched_switch");
     assert_eq!(r.stats["off_cpu"]["store"], "hash");
     let sleep = sum_with(&r.folded("offcpu.folded"), "kestrel_sleep_fn") as f64;
