@@ -46,27 +46,34 @@ static double now_s(void)
 
 static volatile unsigned long sink;
 
-/* The ratio workload burns by iteration count, not wall time, so preemption
- * does not skew it. An iteration of this loop costs about half one of
- * kestrel_burn_one's on x86 (measured; code placement), hence 6x the count for
- * about 3x the CPU time. The workload measures the real ratio too. */
-__attribute__((noinline)) void kestrel_burn_three(long iterations)
-{
-	for (long i = 0; i < 6 * iterations; i++)
-		sink += i * 3;
-}
-
-__attribute__((noinline)) void kestrel_burn_one(long iterations)
-{
-	for (long i = 0; i < iterations; i++)
-		sink += i * 3;
-}
-
 static double thread_cpu_s(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
 	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The ratio workload burns by the thread's own CPU clock, not by iteration
+ * count or wall time: an iteration's cost depends on code placement and the
+ * CPU model (a fixed 6:1 count once gave 3:1 on one host and 6:1 on another),
+ * and wall time includes preemption. The clock is read every 20,000
+ * iterations (tens of microseconds), so reading it costs both alike. */
+static void burn_cpu_for(double cpu_s)
+{
+	double end = thread_cpu_s() + cpu_s;
+	while (thread_cpu_s() < end)
+		for (long i = 0; i < 20000; i++)
+			sink += i * 3;
+}
+
+__attribute__((noinline)) void kestrel_burn_three(double slice_s)
+{
+	burn_cpu_for(3 * slice_s);
+}
+
+__attribute__((noinline)) void kestrel_burn_one(double slice_s)
+{
+	burn_cpu_for(slice_s);
 }
 
 __attribute__((noinline)) void kestrel_syscall_storm(double seconds)
@@ -216,14 +223,15 @@ int main(int argc, char **argv)
 	if (!fgets(go, sizeof(go), stdin))
 		return 3;
 	if (!strcmp(mode, "ratio")) {
-		/* Loop bodies are identical, so the CPU ratio is about 3:1; the thread
-		 * also measures the CPU time of each, the reference for the profile. */
+		/* Each round burns 30 ms of thread CPU time in kestrel_burn_three and
+		 * 10 ms in kestrel_burn_one; the thread also measures what each really
+		 * got, the reference for the profile. */
 		double end = now_s() + arg, three_s = 0, one_s = 0, t0, t1, t2;
 		while (now_s() < end) {
 			t0 = thread_cpu_s();
-			kestrel_burn_three(300000);
+			kestrel_burn_three(0.010);
 			t1 = thread_cpu_s();
-			kestrel_burn_one(300000);
+			kestrel_burn_one(0.010);
 			t2 = thread_cpu_s();
 			three_s += t1 - t0;
 			one_s += t2 - t1;
