@@ -43,15 +43,25 @@ fn no_in_flight_entry_outlives_its_thread_with_the_hash_store() {
             })
         })
         .collect();
+    // Drain while they run, as the agent does every poll interval: one drain
+    // at the end would ask the ring's floor to hold every record at once.
+    let mut samples = Vec::new();
+    while !handles.iter().all(|h| h.is_finished()) {
+        session.drain(&mut samples).expect("drain");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let tids: Vec<u32> = handles
         .into_iter()
         .map(|h| h.join().expect("thread"))
         .collect();
     std::thread::sleep(Duration::from_millis(100));
-    let mut samples = Vec::new();
     session.drain(&mut samples).expect("drain");
     let waits = samples.iter().filter(|s| tids.contains(&s.tid)).count();
-    assert!(waits >= 64, "the threads' waits were measured ({waits})");
+    assert!(
+        waits >= 64,
+        "the threads' waits were measured ({waits}); counters: {:?}",
+        session.counters()
+    );
 
     let in_flight = session
         .in_flight_tids()
