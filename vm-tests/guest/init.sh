@@ -7,10 +7,12 @@
 # base64 with their byte count, so the host can tell a torn transfer from a
 # real one) and powers the guest off. The host side is vm-tests/src/console.rs.
 #
-#   kvt.mode=matrix|hotplug   hotplug: online CPUs the host hot-adds, take one offline
+#   kvt.mode=matrix|hotplug   hotplug: online CPUs the host hot-adds, take some offline again
 #   kvt.duration=SECONDS      length of the record
 #   kvt.hotplug_add=N         hotplug: how many CPUs the host will add
-#   kvt.offline_after=SECONDS hotplug: how long the added CPUs run before one goes offline
+#   kvt.offline_after=SECONDS hotplug: how long the added CPUs run before going offline
+#   kvt.offline_count=N       hotplug: how many of the added CPUs go offline (the last
+#                             added first; default 1)
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s
@@ -74,6 +76,8 @@ if [ "$MODE" = hotplug ]; then
 	WANT=$(arg hotplug_add)
 	OFFLINE_AFTER=$(arg offline_after)
 	[ -n "$OFFLINE_AFTER" ] || OFFLINE_AFTER=2
+	OFFLINE_COUNT=$(arg offline_count)
+	[ -n "$OFFLINE_COUNT" ] || OFFLINE_COUNT=1
 	# The host hot-adds vCPUs once Kestrel samples: wait for its first log line.
 	tries=0
 	while ! grep -q recording /tmp/record.log 2>/dev/null; do
@@ -106,14 +110,20 @@ if [ "$MODE" = hotplug ]; then
 	done
 	event "hotplug-added$ADDED"
 	sleep "$OFFLINE_AFTER"
-	LAST=${ADDED##* }
-	if [ -n "$LAST" ]; then
-		if echo 0 > "$CPU/cpu$LAST/online"; then
-			event "cpu-offline $LAST"
+	# The last OFFLINE_COUNT added CPUs, the last added first.
+	REVERSED=""
+	for cpu in $ADDED; do REVERSED="$cpu $REVERSED"; done
+	taken=0
+	for cpu in $REVERSED; do
+		[ $taken -lt "$OFFLINE_COUNT" ] || break
+		taken=$((taken + 1))
+		if echo 0 > "$CPU/cpu$cpu/online"; then
+			event "cpu-offline $cpu"
 		else
-			event "cpu-offline-failed $LAST"
+			event "cpu-offline-failed $cpu"
 		fi
-	fi
+	done
+	kill -0 $RECORD 2>/dev/null || event "record-ended-before-offline"
 fi
 
 wait $RECORD

@@ -34,6 +34,30 @@ pub struct Stats {
     pub maps: Vec<MapStats>,
     pub total_memlock_bytes: u64,
     pub total_planned_bytes: u64,
+    /// The live tiers' re-plans, in order.
+    #[serde(default)]
+    pub replans: Vec<Replan>,
+}
+
+/// One entry of `stats.json` `replans[]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Replan {
+    pub time_s: f64,
+    /// `cpus_online`, `cpus_offline`, `ring_filling`, `ring_lost`, `ring_idle`.
+    pub reason: String,
+    pub online_cpus: u32,
+    /// The plan's total bytes (at floor) before and after.
+    pub old_total_bytes: u64,
+    pub new_total_bytes: u64,
+}
+
+impl Replan {
+    fn describe(&self) -> String {
+        format!(
+            "{:.1} s {} online {}: {} -> {} B",
+            self.time_s, self.reason, self.online_cpus, self.old_total_bytes, self.new_total_bytes
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -444,8 +468,20 @@ pub fn evaluate(
         ));
     }
 
-    if let Scenario::Hotplug { add, .. } = spec.scenario {
-        hotplug_checks(spec, add, output, hotplug, &stats, &mut checks);
+    if let Scenario::Hotplug {
+        add,
+        offline_count,
+        plan_grows,
+        ..
+    } = spec.scenario
+    {
+        let expect = HotplugExpectation {
+            add,
+            offline_count,
+            plan_grows,
+        };
+        hotplug_checks(spec, expect, output, hotplug, &stats, &mut checks);
+        replan_checks(spec, expect, &stats, &mut checks);
     }
     (checks, figures)
 }
@@ -456,14 +492,25 @@ fn log_mentions(log: &str, message: &str, cpu: u32) -> bool {
         .any(|line| line.contains(message) && line.split_whitespace().any(|word| word == field))
 }
 
+/// What a hot-plug guest asked for.
+#[derive(Debug, Clone, Copy)]
+struct HotplugExpectation {
+    add: u32,
+    offline_count: u32,
+    plan_grows: bool,
+}
+
 fn hotplug_checks(
     spec: &GuestSpec,
-    add: u32,
+    expect: HotplugExpectation,
     output: &GuestOutput,
     hotplug: Option<&HotplugLog>,
     stats: &Stats,
     checks: &mut Vec<Check>,
 ) {
+    let HotplugExpectation {
+        add, offline_count, ..
+    } = expect;
     let plugged = hotplug.map(|h| h.plugged.len()).unwrap_or(0);
     checks.push(Check::new(
         "QMP hot-added the vCPUs",
@@ -518,18 +565,133 @@ fn hotplug_checks(
                 .map(|cpu| format!("offline {cpu}")),
         )
         .collect();
+    // The guest takes the last added CPUs offline, the last added first.
+    let expected_offline: Vec<u32> = onlined
+        .iter()
+        .rev()
+        .take(offline_count as usize)
+        .copied()
+        .collect();
+    checks.push(Check::new(
+        "guest took the last added offline",
+        offlined == expected_offline && offlined.len() == offline_count as usize,
+        format!("offlined {offlined:?}, expected {expected_offline:?}"),
+    ));
     checks.push(Check::new(
         "kestrel logged each change",
-        offlined.len() == 1 && not_followed.is_empty(),
+        offlined.len() == offline_count as usize && not_followed.is_empty(),
         format!("offlined {offlined:?}; not logged: {not_followed:?}"),
     ));
-    let expected_at_end = spec.online + add - 1;
+    let expected_at_end = spec.online + add - offline_count;
     checks.push(Check::new(
         "online CPUs at the end",
         stats.online_cpus_at_end == expected_at_end,
         format!(
             "kestrel saw {} online at the end, expected {expected_at_end}",
             stats.online_cpus_at_end
+        ),
+    ));
+}
+
+/// The live tiers follow the topology: `replans[]` must show a `cpus_online`
+/// re-plan at `online + add` CPUs that did not lower the plan (and, where
+/// the sizing says the plan for more CPUs is larger, raised it above the
+/// plan the record started with), then a `cpus_offline` re-plan at
+/// `online + add - offline_count` CPUs (below the peak once every added CPU
+/// is gone again), and the record's final plan is the last re-plan's.
+fn replan_checks(
+    spec: &GuestSpec,
+    expect: HotplugExpectation,
+    stats: &Stats,
+    checks: &mut Vec<Check>,
+) {
+    let listed = || {
+        if stats.replans.is_empty() {
+            "replans[] is empty".to_owned()
+        } else {
+            stats
+                .replans
+                .iter()
+                .map(Replan::describe)
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+    };
+    // What the record started with: the plan before its first re-plan.
+    let start = stats.replans.first().map(|r| r.old_total_bytes);
+    let ups: Vec<&Replan> = stats
+        .replans
+        .iter()
+        .filter(|r| r.reason == "cpus_online")
+        .collect();
+    let peak_online = ups.iter().map(|r| r.online_cpus).max();
+    let peak_bytes = ups.iter().map(|r| r.new_total_bytes).max();
+    let lowered: Vec<String> = ups
+        .iter()
+        .filter(|r| r.new_total_bytes < r.old_total_bytes)
+        .map(|r| r.describe())
+        .collect();
+    let want_online = spec.online + expect.add;
+    let grew = match (peak_bytes, start) {
+        (Some(peak), Some(start)) => peak > start,
+        _ => false,
+    };
+    checks.push(Check::new(
+        "plan followed the CPUs online",
+        peak_online == Some(want_online) && lowered.is_empty() && (grew || !expect.plan_grows),
+        format!(
+            "want a cpus_online re-plan at {want_online} CPUs, none lowering the plan{}; started at {} B, peak {} B; {}",
+            if expect.plan_grows {
+                ", the peak above the start (the plan for more CPUs is larger)"
+            } else {
+                ""
+            },
+            start.map_or("-".to_owned(), |b| b.to_string()),
+            peak_bytes.map_or("-".to_owned(), |b| b.to_string()),
+            listed()
+        ),
+    ));
+
+    let want_after = want_online - expect.offline_count;
+    // The last cpus_offline re-plan after the peak is where the plan ends up.
+    let last_up = stats
+        .replans
+        .iter()
+        .rposition(|r| r.reason == "cpus_online");
+    let down = stats
+        .replans
+        .iter()
+        .enumerate()
+        .filter(|(index, r)| r.reason == "cpus_offline" && last_up.is_none_or(|up| *index > up))
+        .map(|(_, r)| r)
+        .next_back();
+    let must_shrink = expect.plan_grows && expect.offline_count == expect.add;
+    let shrank = match (down, peak_bytes) {
+        (Some(down), Some(peak)) => down.new_total_bytes < peak,
+        _ => false,
+    };
+    checks.push(Check::new(
+        "plan followed the CPUs offline",
+        down.is_some_and(|d| d.online_cpus == want_after) && (shrank || !must_shrink),
+        format!(
+            "want a cpus_offline re-plan after the last cpus_online one, at {want_after} CPUs{}; got {}",
+            if must_shrink {
+                ", below the peak (every added CPU is offline again)"
+            } else {
+                ""
+            },
+            down.map_or("none".to_owned(), Replan::describe)
+        ),
+    ));
+
+    let last = stats.replans.last();
+    checks.push(Check::new(
+        "final plan = last re-plan",
+        last.is_some_and(|r| r.new_total_bytes == stats.total_planned_bytes),
+        format!(
+            "stats.json maps planned {} B, last re-plan {}",
+            stats.total_planned_bytes,
+            last.map_or("none".to_owned(), Replan::describe)
         ),
     ));
 }
@@ -852,10 +1014,34 @@ mod tests {
         assert_eq!(figures.measured_bytes, None);
     }
 
+    fn replan(time_s: f64, reason: &str, online: u32, old: u64, new: u64) -> serde_json::Value {
+        json!({
+            "time_s": time_s, "reason": reason, "map": "events",
+            "old_entries": 65536, "new_entries": 131072, "old_bytes": 0, "new_bytes": 0,
+            "online_cpus": online, "old_total_bytes": old, "new_total_bytes": new
+        })
+    }
+
+    /// The 2/8 guest's files after its ring grew by 64 KiB for the two
+    /// added CPUs (the final plan is the last re-plan's).
+    fn hotplug_2_8_files(per_cpu: serde_json::Value) -> (serde_json::Value, serde_json::Value) {
+        let (mut stats, plan) = guest_files(per_cpu, 16912);
+        stats["online_cpus_at_end"] = json!(3);
+        stats["maps"][0]["planned_bytes"] = json!(538_952 + 65_536);
+        stats["maps"][0]["memlock_bytes"] = json!(538_904 + 65_536);
+        stats["total_memlock_bytes"] = json!(564_960 + 65_536);
+        stats["total_planned_bytes"] = json!(565_120 + 65_536);
+        stats["replans"] = json!([
+            replan(2.0, "cpus_online", 3, 565_120, 565_120),
+            replan(2.3, "cpus_online", 4, 565_120, 630_656),
+            replan(5.5, "cpus_offline", 3, 630_656, 630_656),
+        ]);
+        (stats, plan)
+    }
+
     #[test]
     fn hotplug_needs_samples_from_the_added_cpus_and_logged_changes() {
-        let (mut stats, plan) = guest_files(json!({"0": 90, "1": 88, "2": 40, "3": 12}), 16912);
-        stats["online_cpus_at_end"] = json!(3);
+        let (stats, plan) = hotplug_2_8_files(json!({"0": 90, "1": 88, "2": 40, "3": 12}));
         let log = "INFO kestrel_probes::session: CPU came online: sampling on it started cpu=2\n\
                    INFO kestrel_probes::session: CPU came online: sampling on it started cpu=3\n\
                    INFO kestrel_probes::session: CPU went offline: sampling on it stopped cpu=3\n";
@@ -863,6 +1049,8 @@ mod tests {
         let hot = Scenario::Hotplug {
             add: 2,
             offline_after_s: 3,
+            offline_count: 1,
+            plan_grows: true,
         };
         let plugged = HotplugLog {
             plugged: vec![json!({"socket-id": 2}), json!({"socket-id": 3})],
@@ -875,8 +1063,7 @@ mod tests {
         assert_eq!(failed(&checks), Vec::<&str>::new(), "{checks:#?}");
 
         // CPU 3 never sampled, and Kestrel never said it went offline.
-        let (mut silent, _) = guest_files(json!({"0": 90, "1": 88, "2": 40}), 16912);
-        silent["online_cpus_at_end"] = json!(3);
+        let (silent, _) = hotplug_2_8_files(json!({"0": 90, "1": 88, "2": 40}));
         let quiet_log = log.lines().take(2).collect::<Vec<_>>().join("\n");
         let out = output(&silent, &plan, &events, &quiet_log);
         let (checks, _) = evaluate(&spec(2, 8, hot), series, &out, Some(&plugged));
@@ -884,6 +1071,184 @@ mod tests {
             failed(&checks),
             ["samples from the added CPUs", "kestrel logged each change"]
         );
+    }
+
+    const START: u64 = 565_120;
+    const PEAK: u64 = START + 196_608;
+
+    /// What a good 6.12 guest with 2 online / 64 possible CPUs sends after
+    /// six vCPUs came online and went offline again: the ring grew from
+    /// 64 KiB to 256 KiB on the way up and shrank back on the way down.
+    fn hotplug_2_64() -> (serde_json::Value, serde_json::Value, Vec<String>, String) {
+        let per_cpu: serde_json::Map<String, serde_json::Value> =
+            (0..8).map(|cpu| (cpu.to_string(), json!(30))).collect();
+        let (mut stats, plan) = guest_files(json!(per_cpu), 16912);
+        stats["possible_cpus"] = json!(64);
+        stats["online_cpus_at_end"] = json!(2);
+        stats["replans"] = json!([
+            replan(3.0, "cpus_online", 3, START, START),
+            replan(3.3, "cpus_online", 5, START, START + 65_536),
+            replan(3.6, "cpus_online", 8, START + 65_536, PEAK),
+            replan(10.0, "cpus_offline", 5, PEAK, PEAK),
+            replan(10.3, "cpus_offline", 2, PEAK, START),
+        ]);
+        let mut events: Vec<String> = vec!["recording".into()];
+        let mut log = String::new();
+        for cpu in 2..8 {
+            events.push(format!("cpu-online {cpu}"));
+            log.push_str(&format!(
+                "INFO kestrel_probes::session: CPU came online: sampling on it started cpu={cpu}\n"
+            ));
+        }
+        for cpu in (2..8).rev() {
+            events.push(format!("cpu-offline {cpu}"));
+            log.push_str(&format!(
+                "INFO kestrel_probes::session: CPU went offline: sampling on it stopped cpu={cpu}\n"
+            ));
+        }
+        (stats, plan, events, log)
+    }
+
+    fn hot_2_64(plan_grows: bool) -> GuestSpec {
+        spec(
+            2,
+            64,
+            Scenario::Hotplug {
+                add: 6,
+                offline_after_s: 6,
+                offline_count: 6,
+                plan_grows,
+            },
+        )
+    }
+
+    fn plugged(count: usize) -> HotplugLog {
+        HotplugLog {
+            plugged: (0..count)
+                .map(|core| json!({"socket-id": 0, "core-id": core + 2}))
+                .collect(),
+            plugged_at_s: Some(20.0),
+            error: None,
+        }
+    }
+
+    fn failed_2_64(stats: &serde_json::Value, plan_grows: bool) -> Vec<String> {
+        let (_, plan, events, log) = hotplug_2_64();
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        let out = output(stats, &plan, &events, &log);
+        let series = "6.12".parse().unwrap();
+        let (checks, _) = evaluate(&hot_2_64(plan_grows), series, &out, Some(&plugged(6)));
+        failed(&checks).into_iter().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn six_cpus_hot_added_then_taken_offline_grow_and_shrink_the_plan() {
+        let (stats, _, _, _) = hotplug_2_64();
+        assert_eq!(failed_2_64(&stats, true), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_plan_must_follow_the_cpus_online() {
+        let (good, _, _, _) = hotplug_2_64();
+        let online = ["plan followed the CPUs online"];
+
+        // Kestrel never re-planned for all eight CPUs.
+        let mut stats = good.clone();
+        stats["replans"][2]["online_cpus"] = json!(7);
+        assert_eq!(failed_2_64(&stats, true), online);
+
+        // It re-planned, but the plan never grew although it must…
+        let mut stats = good.clone();
+        stats["replans"][1]["new_total_bytes"] = json!(START);
+        stats["replans"][2]["old_total_bytes"] = json!(START);
+        stats["replans"][2]["new_total_bytes"] = json!(START);
+        stats["replans"][3]["old_total_bytes"] = json!(START);
+        stats["replans"][3]["new_total_bytes"] = json!(START);
+        stats["replans"][4]["old_total_bytes"] = json!(START);
+        let failed = failed_2_64(&stats, true);
+        assert!(failed.contains(&online[0].to_owned()), "{failed:?}");
+        // …which is fine where the sizing says it need not (nor shrink).
+        assert_eq!(failed_2_64(&stats, false), Vec::<String>::new());
+
+        // A CPU coming online lowered the plan.
+        let mut stats = good.clone();
+        stats["replans"][1]["new_total_bytes"] = json!(START - 4096);
+        assert_eq!(failed_2_64(&stats, true), online);
+
+        // No re-plan at all.
+        let mut stats = good;
+        stats["replans"] = json!([]);
+        let failed = failed_2_64(&stats, true);
+        assert!(failed.contains(&online[0].to_owned()), "{failed:?}");
+    }
+
+    #[test]
+    fn the_plan_must_follow_the_cpus_offline_and_end_as_the_last_re_plan() {
+        let (good, _, _, _) = hotplug_2_64();
+        let offline = ["plan followed the CPUs offline"];
+
+        // The plan stayed at its peak with every added CPU gone.
+        let mut stats = good.clone();
+        stats["replans"][4]["new_total_bytes"] = json!(PEAK);
+        stats["total_planned_bytes"] = json!(PEAK);
+        assert_eq!(failed_2_64(&stats, true), offline);
+
+        // Kestrel's last offline re-plan saw 3 CPUs, not 2.
+        let mut stats = good.clone();
+        stats["replans"][4]["online_cpus"] = json!(3);
+        assert_eq!(failed_2_64(&stats, true), offline);
+
+        // No offline re-plan after the CPUs came online.
+        let mut stats = good.clone();
+        let replans = stats["replans"].as_array_mut().unwrap();
+        replans.truncate(3);
+        stats["total_planned_bytes"] = json!(PEAK);
+        assert_eq!(failed_2_64(&stats, true), offline);
+
+        // stats.json's maps are not sized as the last re-plan said.
+        let mut stats = good;
+        stats["total_planned_bytes"] = json!(PEAK);
+        assert_eq!(failed_2_64(&stats, true), ["final plan = last re-plan"]);
+    }
+
+    #[test]
+    fn every_added_cpu_must_go_offline_last_added_first() {
+        let (mut stats, plan, mut events, log) = hotplug_2_64();
+        stats["online_cpus_at_end"] = json!(3);
+        // CPU 2 stayed online: five offline events.
+        events.retain(|e| e != "cpu-offline 2");
+        let events: Vec<&str> = events.iter().map(String::as_str).collect();
+        let out = output(&stats, &plan, &events, &log);
+        let series = "6.12".parse().unwrap();
+        let (checks, _) = evaluate(&hot_2_64(true), series, &out, Some(&plugged(6)));
+        assert_eq!(
+            failed(&checks),
+            [
+                "guest took the last added offline",
+                "kestrel logged each change",
+                "online CPUs at the end"
+            ]
+        );
+
+        // Only five vCPUs plugged and onlined, one of them silent.
+        let (mut stats, plan, events, log) = hotplug_2_64();
+        stats["samples"]["per_cpu"]["7"] = json!(0);
+        let events: Vec<&str> = events
+            .iter()
+            .map(String::as_str)
+            .filter(|e| *e != "cpu-online 6")
+            .collect();
+        let out = output(&stats, &plan, &events, &log);
+        let (checks, _) = evaluate(&hot_2_64(true), series, &out, Some(&plugged(5)));
+        let failed = failed(&checks);
+        for name in [
+            "QMP hot-added the vCPUs",
+            "guest brought them online",
+            "samples from the added CPUs",
+            "guest took the last added offline",
+        ] {
+            assert!(failed.contains(&name), "{name}: {failed:?}");
+        }
     }
 
     fn map(name: &str, max_entries: u32, memlock: u64, planned: u64) -> MapComparison {

@@ -25,9 +25,18 @@ pub enum Scenario {
     /// Plan and record at a fixed topology.
     Matrix,
     /// Record while the host hot-adds `add` vCPUs, which the guest brings
-    /// online; after `offline_after_s` seconds the guest takes the last one
-    /// offline again.
-    Hotplug { add: u32, offline_after_s: u32 },
+    /// online; after `offline_after_s` seconds the guest takes the last
+    /// `offline_count` of them offline again (the last added first).
+    Hotplug {
+        add: u32,
+        offline_after_s: u32,
+        offline_count: u32,
+        /// Whether Kestrel's plan for `online + add` CPUs is larger than
+        /// for `online` (`kestrel plan --online N --possible P` on the
+        /// host), so the re-plans must grow it and, once every added CPU
+        /// is offline again, shrink it back.
+        plan_grows: bool,
+    },
 }
 
 /// A guest of the test matrix.
@@ -99,10 +108,13 @@ pub fn qemu_args(
         Scenario::Hotplug {
             add,
             offline_after_s,
+            offline_count,
+            ..
         } => {
             append.push("kvt.mode=hotplug".to_owned());
             append.push(format!("kvt.hotplug_add={add}"));
             append.push(format!("kvt.offline_after={offline_after_s}"));
+            append.push(format!("kvt.offline_count={offline_count}"));
         }
     }
     append.push(format!("kvt.duration={}", spec.record_s));
@@ -386,6 +398,8 @@ mod tests {
                 Scenario::Hotplug {
                     add: 2,
                     offline_after_s: 3,
+                    offline_count: 1,
+                    plan_grows: false,
                 },
             ),
             "6.12".parse().unwrap(),
@@ -401,7 +415,9 @@ mod tests {
         assert_eq!(value_after(&args, "-machine"), "pc,vmport=on");
         assert_eq!(value_after(&args, "-smbios"), "type=1,serial=VMware-test");
         let append = value_after(&args, "-append");
-        assert!(append.contains("kvt.mode=hotplug kvt.hotplug_add=2 kvt.offline_after=3"));
+        assert!(append.contains(
+            "kvt.mode=hotplug kvt.hotplug_add=2 kvt.offline_after=3 kvt.offline_count=1"
+        ));
     }
 
     #[test]
@@ -412,6 +428,8 @@ mod tests {
             Scenario::Hotplug {
                 add: 2,
                 offline_after_s: 3,
+                offline_count: 1,
+                plan_grows: false,
             },
         );
         assert_eq!(hot.label(), "6.12 2/8 hotplug");
