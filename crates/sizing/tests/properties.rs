@@ -264,7 +264,12 @@ proptest! {
         prop_assert_eq!(roomy.maps.len(), tight.maps.len());
         for (a, b) in roomy.maps.iter().zip(&tight.maps) {
             if a.name == "events" && a != b {
-                prop_assert!(b.max_entries < a.max_entries);
+                // The cap bounds what the ring may grow to; its starting size
+                // follows only when it no longer fits under the halved cap.
+                prop_assert!(b.max_entries_cap < a.max_entries_cap);
+                prop_assert!(b.max_entries <= a.max_entries);
+                prop_assert!(b.max_entries <= b.max_entries_cap);
+                prop_assert!(b.bytes_cap < a.bytes_cap);
                 prop_assert_eq!(b.tier, Tier::Cap);
                 prop_assert!(b.formula.contains("memory cap"));
             } else {
