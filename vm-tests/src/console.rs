@@ -136,6 +136,24 @@ pub fn parse(console: &str) -> GuestOutput {
     out
 }
 
+/// The first line of a guest kernel crash in the console, without its
+/// timestamp: an Oops, a BUG or a panic. The guest runs with `printk` at 1, so
+/// these (KERN_EMERG/ALERT) still reach the console.
+pub fn guest_kernel_crash(console: &str) -> Option<String> {
+    const SIGNS: [&str; 4] = ["Oops:", "BUG:", "Kernel panic", "general protection fault"];
+    console.lines().find_map(|line| {
+        let text = match line.trim_start().strip_prefix('[') {
+            Some(rest) => rest.split_once(']').map_or(rest, |(_, after)| after),
+            None => line,
+        }
+        .trim();
+        SIGNS
+            .iter()
+            .any(|sign| text.starts_with(sign))
+            .then(|| text.to_owned())
+    })
+}
+
 fn is_base64_line(text: &str) -> bool {
     !text.is_empty()
         && text
@@ -234,5 +252,21 @@ mod tests {
     fn an_empty_file_is_a_file() {
         let out = parse("@@KVT-BEGIN plan-log 0@@\n@@KVT-END plan-log@@\n");
         assert_eq!(out.file("plan-log"), Some(&b""[..]));
+    }
+
+    #[test]
+    fn a_guest_kernel_oops_is_found_and_markers_are_not() {
+        let console =
+            "@@KVT-EVENT boot 6.12@@\n[   13.114583] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n\
+                       [   13.116659] RIP: 0010:__schedule+0x339/0xbf0\n\
+                       [   13.123335] Kernel panic - not syncing: Fatal exception in interrupt\n";
+        assert_eq!(
+            guest_kernel_crash(console).as_deref(),
+            Some("Oops: int3: 0000 [#1] PREEMPT SMP NOPTI")
+        );
+        assert_eq!(
+            guest_kernel_crash("@@KVT-EVENT boot@@\nOOPS is not a crash\nrecording\n"),
+            None
+        );
     }
 }

@@ -30,6 +30,10 @@ pub struct Row {
     pub elapsed_s: f64,
     pub console_log: Option<String>,
     pub skipped_because: Option<String>,
+    /// The first line of a guest kernel crash (Oops, BUG, panic) on this boot.
+    pub guest_kernel_crash: Option<String>,
+    /// Why this row is a second boot: the first one's guest kernel crashed.
+    pub retried_because: Option<String>,
 }
 
 impl Row {
@@ -47,6 +51,8 @@ impl Row {
             elapsed_s: 0.0,
             console_log: None,
             skipped_because: Some(reason),
+            guest_kernel_crash: None,
+            retried_because: None,
         }
     }
 
@@ -217,6 +223,9 @@ pub fn render(report: &Report) -> String {
     for row in &report.rows {
         if let Some(reason) = &row.skipped_because {
             out.push_str(&format!("SKIP {}: {reason}\n", row.label));
+        }
+        if let Some(reason) = &row.retried_because {
+            out.push_str(&format!("RETRIED {}: {reason}\n", row.label));
         }
         for check in row.checks.iter().filter(|c| !c.passed) {
             out.push_str(&format!(
