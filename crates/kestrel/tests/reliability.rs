@@ -1,4 +1,4 @@
-//! Kestrel's guarantees (docs/guarantees.md), each tested so that the test fails
+//! Kestrel's guarantees (README.md, "Guarantees"), each tested so that the test fails
 //! when the promise breaks: least privilege, bad input, faults. Real BPF, real
 //! processes, real files, real mounts; run as root (CI does).
 
