@@ -35,7 +35,11 @@ struct kestrel_sample_header {
 	__u32 pid;
 	__u8 kernel_frames;
 	__u8 user_frames;
-	__u16 reserved;
+	/* Low 16 bits of the task's self_exec_id, which every execve increments and
+	 * threads and children inherit: with pid, it names the process image, so
+	 * samples taken before and after an exec are symbolized with their own
+	 * mappings. */
+	__u16 exec_seq;
 	__u64 timestamp_ns;
 	/* RECORD_ON_CPU: 1 (one period). RECORD_OFF_CPU_BLOCK: the block start time,
 	 * which the matching wake record repeats as timestamp_ns - delta_ns. */
@@ -76,6 +80,8 @@ enum kestrel_counter {
 	COUNTER_OFF_CPU_IN_FLIGHT = 11,  /* entries currently in flight (gauge) */
 	COUNTER_OFF_CPU_EXIT_CLEANED = 12, /* in-flight entries removed at task exit */
 	COUNTER_SCRATCH_MISSING = 13, /* per-CPU scratch lookup failed (never expected) */
+	COUNTER_OFF_CPU_MISSED_WAKE = 14, /* a recorded wait whose switch-in the program did
+					   * not see: found still open at the next switch-out */
 	KESTREL_NUM_COUNTERS = 16,
 };
 

@@ -16,7 +16,7 @@ use kestrel_model::{HostInfo, Profile, SampleValues, StackSample};
 use kestrel_probes::features::choose_off_cpu_hook;
 use kestrel_probes::{KernelFeatures, ProbeConfig, RawSample, SampleKind, Session};
 use kestrel_sizing::{plan, Topology};
-use kestrel_symbols::{Symbols, SymbolsConfig};
+use kestrel_symbols::{ProcessImage, Symbols, SymbolsConfig};
 use tracing::{info, warn};
 
 use crate::cli::RecordArgs;
@@ -29,6 +29,9 @@ use crate::tiers::LiveTiers;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StackKey {
     pub pid: u32,
+    /// Which execve of `pid` (see `RawSample::exec_seq`): an exec's two images
+    /// have different mappings and executables.
+    pub exec_seq: u16,
     pub tid: u32,
     pub kernel_stack: Vec<u64>,
     pub user_stack: Vec<u64>,
@@ -49,10 +52,13 @@ pub struct Aggregate {
     pub off_cpu_waits: u64,
     pub off_cpu_ns: u64,
     pub pids_seen: HashSet<u32>,
+    /// `(pid, exec_seq)` of every process image seen.
+    pub images_seen: HashSet<(u32, u16)>,
 }
 
 impl Aggregate {
-    /// Add one sample; returns true when its pid is seen for the first time.
+    /// Add one sample; returns true when its process image is seen for the
+    /// first time.
     pub fn add(&mut self, s: RawSample) -> bool {
         let mut v = SampleValues::default();
         match s.kind {
@@ -74,9 +80,11 @@ impl Aggregate {
                 self.off_cpu_measured_ns += s.value;
             }
         }
-        let first = self.pids_seen.insert(s.pid);
+        self.pids_seen.insert(s.pid);
+        let first = self.images_seen.insert((s.pid, s.exec_seq));
         let key = StackKey {
             pid: s.pid,
+            exec_seq: s.exec_seq,
             tid: s.tid,
             kernel_stack: s.kernel_stack,
             user_stack: s.user_stack,
@@ -103,9 +111,14 @@ pub async fn build_profile(
     // One symbolizer request for every stack: misses are batched by file, so
     // each file is parsed once per report, not once per stack.
     let entries: Vec<(&StackKey, &(String, SampleValues))> = agg.stacks.iter().collect();
-    let user: Vec<(u32, &[u64])> = entries
+    let user: Vec<(ProcessImage, &[u64])> = entries
         .iter()
-        .map(|(k, _)| (k.pid, k.user_stack.as_slice()))
+        .map(|(k, _)| {
+            (
+                ProcessImage::new(k.pid, k.exec_seq),
+                k.user_stack.as_slice(),
+            )
+        })
         .collect();
     let kernel: Vec<&[u64]> = entries
         .iter()
@@ -118,7 +131,7 @@ pub async fn build_profile(
     {
         frames.extend(user);
         samples.push(StackSample {
-            process: symbols.process_info(key.pid),
+            process: symbols.process_info(ProcessImage::new(key.pid, key.exec_seq)),
             tid: key.tid,
             thread_name: Arc::from(comm.as_str()),
             frames,
@@ -366,8 +379,9 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
         let mut in_flight = Vec::new();
         session.flush_in_flight(monotonic_ns(), &mut in_flight);
         for s in in_flight {
-            if agg.add(s.clone()) {
-                symbols.observe_process(s.pid);
+            let image = ProcessImage::new(s.pid, s.exec_seq);
+            if agg.add(s) {
+                symbols.observe_process(image);
             }
         }
         if let Some(bar) = &bar {
@@ -459,11 +473,11 @@ pub fn poll_once(
         warn!(error = %format!("{e:#}"), "the live tiers could not check the ring buffer");
     }
     for s in batch.drain(..) {
-        let pid = s.pid;
+        let image = ProcessImage::new(s.pid, s.exec_seq);
         if agg.add(s) {
-            // Capture mappings at first sight so a process that exits before
-            // symbolization still gets names.
-            symbols.observe_process(pid);
+            // Capture mappings at first sight so a process that exits (or
+            // execs) before symbolization still gets names.
+            symbols.observe_process(image);
         }
     }
     Ok(())

@@ -167,7 +167,7 @@ pub fn write(path: &Path, f: &RunFacts<'_>) -> Result<()> {
             }),
             events_seen: c.off_cpu_switches,
             recorded: c.off_cpu_sampled,
-            dropped: c.off_cpu_store_full + c.off_cpu_pending_dropped,
+            dropped: c.off_cpu_store_full + c.off_cpu_pending_dropped + c.off_cpu_missed_wakes,
             short: c.off_cpu_short,
             waits_reported: f.agg.off_cpu_waits,
             total_ns: f.agg.off_cpu_ns,

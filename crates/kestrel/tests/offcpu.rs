@@ -12,6 +12,28 @@ fn within(actual: f64, expected: f64, tolerance: f64) -> bool {
     (actual - expected).abs() <= expected * tolerance
 }
 
+/// The workload's 20 sleeps of 100 ms (and 40 pipe reads of 50 ms) in one
+/// function, measured within ± 2 %: all of them, or all but waits that the
+/// BPF side counted as missed (a switch-in it did not see; `stats.json`
+/// `counters.off_cpu_missed_wakes`), never an uncounted loss.
+fn measured_within_2_percent(r: &Recording, function: &str, wait_ms: f64) -> Result<(), String> {
+    let total = sum_with(&r.folded("offcpu.folded"), function) as f64;
+    let missed = r.stats["counters"]["off_cpu_missed_wakes"]
+        .as_u64()
+        .expect("counters.off_cpu_missed_wakes");
+    let expected = 2000.0 * MS;
+    if (0..=missed).any(|k| within(total, expected - k as f64 * wait_ms * MS, 0.02)) {
+        return Ok(());
+    }
+    Err(format!(
+        "{function} off-CPU {:.1} ms, expected 2000 ± 2 % (less {wait_ms} ms for each of the \
+         {missed} waits counted as missed); off_cpu {}; counters {}",
+        total / MS,
+        r.stats["off_cpu"],
+        r.stats["counters"]
+    ))
+}
+
 #[test]
 fn sleep_and_pipe_waits_are_measured_under_their_names_and_kernel_frames() {
     let _g = serial();
@@ -21,18 +43,8 @@ fn sleep_and_pipe_waits_are_measured_under_their_names_and_kernel_frames() {
         &["--off-cpu-probability", "1", "--duration", "4"],
     );
     let folded = r.folded("offcpu.folded");
-    let sleep = sum_with(&folded, "kestrel_sleep_fn") as f64;
-    let pipe = sum_with(&folded, "kestrel_pipe_read_fn") as f64;
-    assert!(
-        within(sleep, 2000.0 * MS, 0.02),
-        "kestrel_sleep_fn off-CPU {:.1} ms, expected 2000 ± 2 %",
-        sleep / MS
-    );
-    assert!(
-        within(pipe, 2000.0 * MS, 0.02),
-        "kestrel_pipe_read_fn off-CPU {:.1} ms, expected 2000 ± 2 %",
-        pipe / MS
-    );
+    measured_within_2_percent(&r, "kestrel_sleep_fn", 100.0).unwrap();
+    measured_within_2_percent(&r, "kestrel_pipe_read_fn", 50.0).unwrap();
     assert!(
         folded.keys().any(|s| s.contains("kestrel_sleep_fn")
             && s.contains("nanosleep")
@@ -59,7 +71,7 @@ fn raw_tp_fallback_measures_the_same_waits() {
         "0",
         &["--off-cpu-probability", "1", "--duration", "4"],
     );
-    let auto_sleep = sum_with(&r.folded("offcpu.folded"), "kestrel_sleep_fn") as f64;
+    let auto = measured_within_2_percent(&r, "kestrel_sleep_fn", 100.0);
     let r = record_workload_env(
         "offcpu",
         "0",
@@ -68,17 +80,9 @@ fn raw_tp_fallback_measures_the_same_waits() {
     );
     assert_eq!(r.stats["off_cpu"]["hook"], "raw_tp/sched_switch");
     assert_eq!(r.stats["off_cpu"]["store"], "hash");
-    let sleep = sum_with(&r.folded("offcpu.folded"), "kestrel_sleep_fn") as f64;
-    assert!(
-        within(sleep, 2000.0 * MS, 0.02),
-        "raw_tp: kestrel_sleep_fn {:.1} ms",
-        sleep / MS
-    );
-    assert!(
-        within(auto_sleep, 2000.0 * MS, 0.02),
-        "tp_btf: kestrel_sleep_fn {:.1} ms",
-        auto_sleep / MS
-    );
+    measured_within_2_percent(&r, "kestrel_sleep_fn", 100.0)
+        .unwrap_or_else(|e| panic!("raw_tp: {e}"));
+    auto.unwrap_or_else(|e| panic!("tp_btf: {e}"));
     let maps: Vec<&str> = r.stats["maps"]
         .as_array()
         .unwrap()

@@ -4,8 +4,10 @@
 //! `opentelemetry-proto`, which validates every request it receives and writes one
 //! JSON line per request. Real BPF programs, so run as root.
 //!
-//! The receiver's Python comes from `$KESTREL_OTLP_PYTHON` or
+//! The receiver's Python comes from `$OTLP_RECEIVER_PYTHON` or
 //! `<workspace>/target/otlp-venv/bin/python` (made by scripts/install-deps).
+//! The variable is not `KESTREL_*`: every such variable is configuration to
+//! the agents these tests start, and an unknown key is an error.
 
 mod common;
 
@@ -26,14 +28,14 @@ use common::*;
 const RECEIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp_receiver.py");
 const INSTALL: &str = "python3 -m venv target/otlp-venv && \
      target/otlp-venv/bin/pip install 'opentelemetry-proto==1.45.*' grpcio \
-     (scripts/install-deps does this), or point KESTREL_OTLP_PYTHON at a Python that has both";
+     (scripts/install-deps does this), or point OTLP_RECEIVER_PYTHON at a Python that has both";
 
 /// The interpreter that runs the receiver; a missing one fails the test, since
 /// these tests are the only check of Kestrel's OTLP output against the reference.
 fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
-        let python = std::env::var_os("KESTREL_OTLP_PYTHON")
+        let python = std::env::var_os("OTLP_RECEIVER_PYTHON")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/otlp-venv/bin/python")

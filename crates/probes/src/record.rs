@@ -52,6 +52,9 @@ pub struct RawSample {
     pub value: u64,
     /// The thread's name (`comm`) at sampling time.
     pub comm: String,
+    /// Which execve of the process took the sample (low 16 bits of the task's
+    /// `self_exec_id`): `(pid, exec_seq)` names the process image.
+    pub exec_seq: u16,
     pub flags: u8,
     /// Leaf first.
     pub kernel_stack: Vec<u64>,
@@ -146,6 +149,7 @@ pub fn parse_record(bytes: &[u8]) -> Result<Record, RecordError> {
                     timestamp_ns: u64_at(bytes, 16),
                     value: u64_at(bytes, 24),
                     comm: String::from_utf8_lossy(&comm_bytes[..comm_len]).into_owned(),
+                    exec_seq: u16_at(bytes, 14),
                     kernel_stack: (0..kernel_frames).map(frame).collect(),
                     user_stack: (kernel_frames..announced).map(frame).collect(),
                 },
@@ -167,6 +171,7 @@ mod tests {
         b[8..12].copy_from_slice(&100u32.to_le_bytes());
         b[12] = kframes;
         b[13] = uframes;
+        b[14..16].copy_from_slice(&0x1234u16.to_le_bytes());
         b[16..24].copy_from_slice(&5000u64.to_le_bytes());
         b[24..32].copy_from_slice(&1u64.to_le_bytes());
         b[32..36].copy_from_slice(b"work");
@@ -186,6 +191,7 @@ mod tests {
         assert_eq!(sample.kind, SampleKind::OnCpu);
         assert_eq!((sample.pid, sample.tid, sample.cpu), (100, 101, 3));
         assert_eq!(sample.comm, "work");
+        assert_eq!(sample.exec_seq, 0x1234);
         assert_eq!(sample.kernel_stack, vec![0xffff_0001, 0xffff_0002]);
         assert_eq!(sample.user_stack, vec![0x4000]);
         assert_eq!(sample.timestamp_ns, 5000);

@@ -42,6 +42,9 @@ pub struct Counters {
     pub off_cpu_unmatched_wakes: u64,
     /// Block records dropped because too many threads were pending at once.
     pub off_cpu_pending_dropped: u64,
+    /// Recorded waits whose switch-in the BPF program did not see (found still
+    /// open at the thread's next switch-out): lost, and counted here.
+    pub off_cpu_missed_wakes: u64,
 }
 
 impl Counters {
@@ -66,6 +69,7 @@ impl Counters {
             malformed_records: self.malformed_records + o.malformed_records,
             off_cpu_unmatched_wakes: self.off_cpu_unmatched_wakes + o.off_cpu_unmatched_wakes,
             off_cpu_pending_dropped: self.off_cpu_pending_dropped + o.off_cpu_pending_dropped,
+            off_cpu_missed_wakes: self.off_cpu_missed_wakes + o.off_cpu_missed_wakes,
         }
     }
 }
@@ -502,6 +506,7 @@ impl Session {
             off_cpu_in_flight: values[11] as i64,
             off_cpu_exit_cleaned: values[12],
             scratch_missing: values[13],
+            off_cpu_missed_wakes: values[14],
             malformed_records: self.malformed.load(Ordering::Relaxed),
             off_cpu_unmatched_wakes: self.unmatched_wakes,
             off_cpu_pending_dropped: self.pending_dropped,

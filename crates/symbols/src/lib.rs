@@ -118,13 +118,45 @@ pub struct StoreStats {
     pub errors: u64,
 }
 
+/// One process image: a pid and which execve of it made the image (the low 16
+/// bits of the kernel's `self_exec_id`, which every sample carries). An exec
+/// keeps the pid but replaces every mapping, so each image is captured and
+/// symbolized on its own. `exec_seq: None` is the image of a caller that knows
+/// only the pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcessImage {
+    pub pid: u32,
+    pub exec_seq: Option<u16>,
+}
+
+impl ProcessImage {
+    pub fn new(pid: u32, exec_seq: u16) -> ProcessImage {
+        ProcessImage {
+            pid,
+            exec_seq: Some(exec_seq),
+        }
+    }
+}
+
+impl From<u32> for ProcessImage {
+    fn from(pid: u32) -> ProcessImage {
+        ProcessImage {
+            pid,
+            exec_seq: None,
+        }
+    }
+}
+
+/// The images captured of one pid, oldest first.
+type Images = Vec<(Option<u16>, Arc<ProcessState>)>;
+
 /// The symbol service: process capture, the global store and the symbolizers.
 /// `Send + Sync`; share it behind an `Arc`.
 pub struct Symbols {
     store: SymbolStore,
     symbolizer: SymbolizerHandle,
     files: FileRegistry,
-    processes: RwLock<HashMap<u32, Arc<ProcessState>>>,
+    processes: RwLock<HashMap<u32, Images>>,
     kernel_id: FileId,
     perf_maps: PerfMapCounters,
     errors: AtomicU64,
@@ -188,37 +220,44 @@ impl Symbols {
         })
     }
 
-    /// Captures a process on first sight: executable mappings (each mapped file
-    /// opened and identified once), executable, name, build ID, container ID. A
-    /// no-op (one read-locked map lookup) when already captured. Never fails: a
-    /// vanished pid is remembered as gone with whatever could be read.
+    /// Captures a process image on first sight: executable mappings (each
+    /// mapped file opened and identified once), executable, name, build ID,
+    /// container ID. A no-op (one read-locked map lookup) when already
+    /// captured. Never fails: a vanished pid is remembered as gone with
+    /// whatever could be read.
     ///
-    /// The capture stands until [`Symbols::forget_process`]: a pid reused by a new
-    /// process before that keeps the old capture (libraries loaded later are
-    /// picked up when an address falls outside every captured mapping).
+    /// A sample with a new `exec_seq` for a known pid (the process called
+    /// execve) gets a capture of its own, beside the earlier image's, so the
+    /// samples of both are named. The captures stand until
+    /// [`Symbols::forget_process`] (or [`Symbols::forget_older_images`]): a pid
+    /// reused by a new process of the same `exec_seq` before that keeps the old
+    /// capture (libraries loaded later are picked up when an address falls
+    /// outside every captured mapping of the newest image).
     ///
     /// A process with anonymous executable memory (a JIT) gets its perf map
     /// opened now: JITs commonly delete it at exit, and the held descriptor
     /// still reads it, appends included, when the process is symbolized later.
-    pub fn observe_process(&self, pid: u32) {
-        let process = self.process(pid);
+    pub fn observe_process(&self, image: impl Into<ProcessImage>) {
+        let image = image.into();
+        let (process, _) = self.process(image);
         let jit = process
             .mappings()
             .iter()
             .any(|m| matches!(m.backing, Backing::Anonymous));
         if jit && process.alive() {
             let mut perf_map = process.perf_map.lock().unwrap_or_else(|p| p.into_inner());
-            perf_map.refresh(pid, process.ns_pid, true, &self.perf_maps);
+            perf_map.refresh(image.pid, process.ns_pid, true, &self.perf_maps);
         }
     }
 
-    /// What was captured about `pid` (captured now if it was not yet).
-    pub fn process_info(&self, pid: u32) -> Arc<ProcessInfo> {
-        self.process(pid).info.clone()
+    /// What was captured about this process image (captured now if it was not
+    /// yet).
+    pub fn process_info(&self, image: impl Into<ProcessImage>) -> Arc<ProcessInfo> {
+        self.process(image.into()).0.info.clone()
     }
 
-    /// Drops everything captured about `pid`; files no other process maps are
-    /// closed.
+    /// Drops everything captured about `pid`, every image; files no other
+    /// process maps are closed.
     pub fn forget_process(&self, pid: u32) {
         let removed = self
             .processes
@@ -228,50 +267,77 @@ impl Symbols {
         drop(removed);
     }
 
-    fn process(&self, pid: u32) -> Arc<ProcessState> {
-        if let Some(p) = self
+    /// Drops the images of `pid` that an execve replaced, keeping the newest
+    /// capture: for a process that lives on after exec, once the samples of its
+    /// earlier image have been symbolized.
+    pub fn forget_older_images(&self, pid: u32) {
+        let mut processes = self.processes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(images) = processes.get_mut(&pid) {
+            let older = images.len().saturating_sub(1);
+            images.drain(..older);
+        }
+    }
+
+    /// The capture of `image` (made now if there is none) and whether it is the
+    /// pid's newest image: only that one may re-read `/proc/PID/maps`, which
+    /// describes the image running now.
+    fn process(&self, image: ProcessImage) -> (Arc<ProcessState>, bool) {
+        let find = |images: &Images| {
+            images
+                .iter()
+                .position(|(seq, _)| *seq == image.exec_seq)
+                .map(|at| (images[at].1.clone(), at + 1 == images.len()))
+        };
+        if let Some(found) = self
             .processes
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&pid)
+            .get(&image.pid)
+            .and_then(find)
         {
-            return p.clone();
+            return found;
         }
         let mut report = CaptureReport::default();
-        let state = Arc::new(process::capture(pid, &self.files, &mut report));
+        let state = Arc::new(process::capture(image.pid, &self.files, &mut report));
         self.errors.fetch_add(report.errors, Ordering::Relaxed);
-        self.processes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(pid)
-            .or_insert(state)
-            .clone()
+        let mut processes = self.processes.write().unwrap_or_else(|p| p.into_inner());
+        let images = processes.entry(image.pid).or_default();
+        // Another thread may have captured it meanwhile: keep the first.
+        if let Some(found) = find(images) {
+            return found;
+        }
+        images.push((image.exec_seq, state.clone()));
+        (state, true)
     }
 
-    /// Symbolizes a user stack of `pid`, leaf first (`stack[0]` is the sampled
+    /// Symbolizes a user stack of a process image, leaf first (`stack[0]` is the sampled
     /// instruction pointer, the others return addresses, looked up at `addr - 1`).
     /// Returns frames leaf first with inline chains expanded (innermost first,
     /// `inlined = true`); unresolvable addresses become [`Frame::unknown`] with
     /// their mapping when known. Works after the process exited.
-    pub async fn symbolize_user(&self, pid: u32, stack: &[u64]) -> Vec<Frame> {
-        let plans = self.plan_user(pid, stack);
+    pub async fn symbolize_user(
+        &self,
+        image: impl Into<ProcessImage>,
+        stack: &[u64],
+    ) -> Vec<Frame> {
+        let plans = self.plan_user(image.into(), stack);
         let values = self.resolve(&plans).await;
         assemble(stack, &plans, &values)
     }
 
     /// Symbolizes many stacks with one symbolizer request: every miss of every
-    /// stack, batched by file. `user` stacks are `(pid, stack)`; `kernel` stacks
+    /// stack, batched by file. `user` stacks are `(process image, stack)`; `kernel` stacks
     /// go through kallsyms. Same address rules and output as the single-stack
     /// calls, in input order.
     pub async fn symbolize_many(
         &self,
-        user: &[(u32, &[u64])],
+        user: &[(ProcessImage, &[u64])],
         kernel: &[&[u64]],
     ) -> (Vec<Vec<Frame>>, Vec<Vec<Frame>>) {
         let mut plans = Vec::new();
         let mut spans = Vec::with_capacity(user.len() + kernel.len());
-        for (pid, stack) in user {
-            let p = self.plan_user(*pid, stack);
+        for (image, stack) in user {
+            let p = self.plan_user(*image, stack);
             spans.push((plans.len(), p.len()));
             plans.extend(p);
         }
@@ -291,10 +357,12 @@ impl Symbols {
         (out, kernel_frames)
     }
 
-    fn plan_user(&self, pid: u32, stack: &[u64]) -> Vec<Plan> {
-        let process = self.process(pid);
+    fn plan_user(&self, image: ProcessImage, stack: &[u64]) -> Vec<Plan> {
+        let pid = image.pid;
+        let (process, newest) = self.process(image);
         let mut mappings = process.mappings();
-        let mut maps_reread = false;
+        // An image that an exec replaced must not take the new image's maps.
+        let mut maps_reread = !newest;
         let mut perf_map_refreshed = false;
         let mut plans = Vec::with_capacity(stack.len());
         for (i, &address) in stack.iter().enumerate() {
