@@ -331,10 +331,15 @@ fn root_keeps_only_what_symbolization_and_hotplug_need() {
     let _g = serial();
     require_root();
     let dir = tempfile::tempdir().unwrap();
+    // Its own load: on a quiet machine a whole-system record may see only idle
+    // CPUs, which yield no samples.
+    let mut spinner = Workload::start(workload(), &["spin", "3", "2"]);
     let k = Kestrel::spawn(record_command(dir.path(), &["--duration", "3"]));
     k.wait_started();
+    spinner.go();
     let threads = thread_caps(k.pid());
     let (status, stderr) = k.finish(Duration::from_secs(60));
+    spinner.wait();
     assert!(status.success(), "{stderr}");
     let kept = bit(2) | bit(19) | bit(34) | bit(CAP_PERFMON);
     for (tid, effective, permitted, no_new_privs) in &threads {
@@ -1042,8 +1047,12 @@ fn failing_exporter_does_not_stop_sampling_or_the_other_exporter() {
         .args(["run", "--config"])
         .arg(&config)
         .env("KESTREL_SYMBOLS__CACHE_DIR", dir.path().join("cache"));
+    // Its own load, so that "sampling went on" never depends on what else the
+    // machine runs (an idle CPU yields no samples).
+    let mut spinner = Workload::start(workload(), &["spin", "7", "1"]);
     let k = Kestrel::spawn(command);
     k.wait_started();
+    spinner.go();
     std::thread::sleep(Duration::from_millis(1500));
     std::fs::remove_dir_all(&pprof).unwrap();
     std::fs::write(&pprof, b"a file where the directory was").unwrap();
@@ -1057,6 +1066,7 @@ fn failing_exporter_does_not_stop_sampling_or_the_other_exporter() {
     std::thread::sleep(Duration::from_secs(4));
     k.signal(nix::sys::signal::Signal::SIGTERM);
     let (status, stderr) = k.finish(Duration::from_secs(60));
+    spinner.wait();
     assert!(status.success(), "{stderr}");
     let s = read_stats();
     assert!(
