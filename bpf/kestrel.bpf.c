@@ -335,12 +335,18 @@ int BPF_PROG(off_cpu_switch_raw, bool preempt, struct task_struct *prev, struct 
 	if (!blocking_switch_out(preempt, prev, &tgid, &tid))
 		return 0;
 	state = bpf_map_lookup_elem(&offcpu_hash, &tid);
-	if (state && state->start_ns)
-		missed_wake();
-	fresh.start_ns = now;
-	if (bpf_map_update_elem(&offcpu_hash, &tid, &fresh, BPF_ANY)) {
-		count(COUNTER_OFF_CPU_STORE_FULL, 1);
-		return 0;
+	if (state) {
+		/* An entry left by a failed delete, or a wait whose switch-in went
+		 * unseen: reuse it in place instead of a second hash update. */
+		if (state->start_ns)
+			missed_wake();
+		state->start_ns = now;
+	} else {
+		fresh.start_ns = now;
+		if (bpf_map_update_elem(&offcpu_hash, &tid, &fresh, BPF_ANY)) {
+			count(COUNTER_OFF_CPU_STORE_FULL, 1);
+			return 0;
+		}
 	}
 	send_block_record(ctx, tgid, tid, now);
 	return 0;

@@ -51,12 +51,22 @@ pub struct Aggregate {
     pub per_cpu: BTreeMap<u32, u64>,
     pub off_cpu_waits: u64,
     pub off_cpu_ns: u64,
-    pub pids_seen: HashSet<u32>,
     /// `(pid, exec_seq)` of every process image seen.
     pub images_seen: HashSet<(u32, u16)>,
 }
 
+impl StackKey {
+    pub fn image(&self) -> ProcessImage {
+        ProcessImage::new(self.pid, self.exec_seq)
+    }
+}
+
 impl Aggregate {
+    /// Every pid seen, once (a pid that exec'd has several images).
+    pub fn pids_seen(&self) -> HashSet<u32> {
+        self.images_seen.iter().map(|&(pid, _)| pid).collect()
+    }
+
     /// Add one sample; returns true when its process image is seen for the
     /// first time.
     pub fn add(&mut self, s: RawSample) -> bool {
@@ -80,7 +90,6 @@ impl Aggregate {
                 self.off_cpu_measured_ns += s.value;
             }
         }
-        self.pids_seen.insert(s.pid);
         let first = self.images_seen.insert((s.pid, s.exec_seq));
         let key = StackKey {
             pid: s.pid,
@@ -113,12 +122,7 @@ pub async fn build_profile(
     let entries: Vec<(&StackKey, &(String, SampleValues))> = agg.stacks.iter().collect();
     let user: Vec<(ProcessImage, &[u64])> = entries
         .iter()
-        .map(|(k, _)| {
-            (
-                ProcessImage::new(k.pid, k.exec_seq),
-                k.user_stack.as_slice(),
-            )
-        })
+        .map(|(k, _)| (k.image(), k.user_stack.as_slice()))
         .collect();
     let kernel: Vec<&[u64]> = entries
         .iter()
@@ -131,7 +135,7 @@ pub async fn build_profile(
     {
         frames.extend(user);
         samples.push(StackSample {
-            process: symbols.process_info(ProcessImage::new(key.pid, key.exec_seq)),
+            process: symbols.process_info(key.image()),
             tid: key.tid,
             thread_name: Arc::from(comm.as_str()),
             frames,

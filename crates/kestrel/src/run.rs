@@ -250,11 +250,11 @@ async fn report(
 /// Processes that have exited are symbolized for this report and then dropped;
 /// of those that live on after an exec, the images the exec replaced are.
 fn forget_exited(symbols: &Symbols, agg: &Aggregate) {
-    for pid in &agg.pids_seen {
+    for pid in agg.pids_seen() {
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            symbols.forget_process(*pid);
+            symbols.forget_process(pid);
         } else {
-            symbols.forget_older_images(*pid);
+            symbols.forget_older_images(pid);
         }
     }
 }
