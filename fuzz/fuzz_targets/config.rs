@@ -1,7 +1,6 @@
-//! The configuration file, through the binary's own loader: the TOML is merged
-//! over the defaults by figment, extracted and validated exactly as
-//! `kestrel --config FILE` does (crates/kestrel/src/config.rs is compiled into
-//! this target). Never a panic; an accepted configuration is within every
+//! The configuration file, through the agent library's own loader
+//! (`kestrel::config`): the TOML is merged over the defaults by figment,
+//! extracted and validated exactly as `kestrel --config FILE` does. Never a panic; an accepted configuration is within every
 //! documented range; a refused one says why.
 #![no_main]
 
@@ -11,9 +10,7 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../crates/kestrel/src/config.rs"]
-#[allow(dead_code)]
-mod config;
+use kestrel::config;
 
 #[derive(serde::Serialize)]
 struct NoOverrides {}

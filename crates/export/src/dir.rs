@@ -1,4 +1,6 @@
-//! Exporters that write each report into a directory and keep it bounded.
+//! Exporters that write each report into a directory: one file per report (and
+//! per value) in a bounded, rotating directory for the agent, or one fixed set of
+//! names for a single recording (`kestrel record`'s `profile.pb.gz`, ...).
 
 use std::fs;
 use std::io::Write;
@@ -6,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kestrel_model::Profile;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::exporter::parse_config;
-use crate::{encode_pprof, folded, ExportError, Exporter, ExporterStats, FoldedValue};
+use crate::otlp::{to_otlp_request, ResourceInfo};
+use crate::{
+    encode_pprof, flamegraph_svg, folded, ExportError, Exporter, ExporterStats, FoldedValue,
+};
 
 const FILE_PREFIX: &str = "kestrel-";
 const SEQUENCE_DIGITS: usize = 6;
@@ -28,7 +33,21 @@ fn default_folded_values() -> Vec<FoldedValue> {
     vec![FoldedValue::CpuSamples]
 }
 
-/// `[exporters.pprof_dir]`: one `kestrel-<UTC start time>-<seq>.pb.gz` per report.
+/// How a directory exporter names its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// `kestrel-<UTC start time>-<seq>[.<value>]<ext>` per report, the oldest
+    /// deleted beyond `max_files`/`max_bytes`: what the agent writes.
+    #[default]
+    Rotating,
+    /// One fixed name per file (`profile.pb.gz`, `profile.folded`,
+    /// `offcpu.folded`, `flamegraph.svg`, `offcpu.svg`, `profile.otlp.pb`),
+    /// replaced by each report: what a single recording writes.
+    Single,
+}
+
+/// `[exporters.pprof_dir]`: gzipped pprof per report.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PprofDirConfig {
@@ -40,10 +59,12 @@ pub struct PprofDirConfig {
     /// Keep at most this many bytes of files; the oldest are deleted first.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    #[serde(default)]
+    pub layout: Layout,
 }
 
-/// `[exporters.folded_dir]`: one `kestrel-<UTC time>-<seq>.<value>.folded` per report
-/// and value.
+/// `[exporters.folded_dir]` and `[exporters.flamegraph_dir]`: folded stacks (or
+/// their flamegraph SVG) per report and value.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FoldedDirConfig {
@@ -56,29 +77,71 @@ pub struct FoldedDirConfig {
     /// Which values to write: `cpu_samples`, `off_cpu_nanoseconds`.
     #[serde(default = "default_folded_values")]
     pub values: Vec<FoldedValue>,
+    #[serde(default)]
+    pub layout: Layout,
 }
 
-/// A directory of report files, bounded in count and bytes.
+/// `[exporters.otlp_dir]`: each report as an encoded OTLP
+/// `ExportProfilesServiceRequest`, for a collector that reads files or a
+/// receiver that is not reachable from the host.
+pub type OtlpDirConfig = PprofDirConfig;
+
+/// Write `contents` to `path` whole or not at all: a temporary name beside it,
+/// flushed to the disk, then renamed over the old file; the temporary file is
+/// removed on failure. The one atomic writer of Kestrel's outputs.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), ExportError> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_data()?;
+        fs::rename(&temporary, path)
+    };
+    write().map_err(|source| {
+        let _ = fs::remove_file(&temporary);
+        ExportError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// One file of a report: its name in each layout.
+struct ReportFile {
+    /// Between the rotating stem and the extension (`""`, `".cpu"`, ...).
+    middle: &'static str,
+    /// The whole name in the single layout.
+    single_name: &'static str,
+    bytes: Vec<u8>,
+}
+
+/// A directory of report files.
 ///
-/// Names start with the report's UTC start time, so name order is age order and the
-/// bound is enforced by deleting from the front of the sorted listing. Files are
-/// written under a temporary name and renamed, so readers never see half a report.
+/// Rotating: names start with the report's UTC start time, so name order is age
+/// order and the bound is enforced by deleting from the front of the sorted
+/// listing. Every file is written under a temporary name and renamed, so readers
+/// never see half a report.
 #[derive(Debug)]
-struct RotatingDir {
+struct ReportDir {
     dir: PathBuf,
     extension: &'static str,
     max_files: usize,
     max_bytes: u64,
+    layout: Layout,
     stats: ExporterStats,
 }
 
-impl RotatingDir {
+impl ReportDir {
     fn new(
         kind: &str,
         dir: PathBuf,
         extension: &'static str,
         max_files: usize,
         max_bytes: u64,
+        layout: Layout,
     ) -> Result<Self, ExportError> {
         if max_files == 0 || max_bytes == 0 {
             return Err(ExportError::config(
@@ -91,21 +154,22 @@ impl RotatingDir {
             path: dir.clone(),
             source,
         })?;
-        Ok(RotatingDir {
+        Ok(ReportDir {
             dir,
             extension,
             max_files,
             max_bytes,
+            layout,
             stats: ExporterStats::default(),
         })
     }
 
-    /// Writes one report's files (`(middle, bytes)`: name = stem + middle + extension)
-    /// and deletes the oldest files beyond the bounds. Counts the outcome in the stats.
+    /// Writes one report's files and, rotating, deletes the oldest files beyond
+    /// the bounds. Counts the outcome in the stats.
     fn write_report(
         &mut self,
         start: SystemTime,
-        files: &[(&str, Vec<u8>)],
+        files: &[ReportFile],
     ) -> Result<Vec<PathBuf>, ExportError> {
         let result = self.try_write_report(start, files);
         match &result {
@@ -116,12 +180,17 @@ impl RotatingDir {
         result
     }
 
+    /// Counts a report that could not even be encoded.
+    fn count_failure(&mut self) {
+        self.stats.failed += 1;
+    }
+
     fn try_write_report(
         &mut self,
         start: SystemTime,
-        files: &[(&str, Vec<u8>)],
+        files: &[ReportFile],
     ) -> Result<Vec<PathBuf>, ExportError> {
-        let bytes: u64 = files.iter().map(|(_, b)| b.len() as u64).sum();
+        let bytes: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
         if bytes > self.max_bytes {
             return Err(ExportError::ReportTooLarge {
                 bytes,
@@ -129,11 +198,24 @@ impl RotatingDir {
                 setting: "max_bytes",
             });
         }
-        let paths = self.new_paths(start, files)?;
-        for (path, (_, contents)) in paths.iter().zip(files) {
-            write_atomically(path, contents)?;
+        let paths = match self.layout {
+            Layout::Rotating => self.new_paths(start, files)?,
+            Layout::Single => files.iter().map(|f| self.dir.join(f.single_name)).collect(),
+        };
+        // Every file is attempted: one failing neither truncates a file nor
+        // stops the others; the first failure is returned.
+        let mut first_error = None;
+        for (path, file) in paths.iter().zip(files) {
+            if let Err(e) = write_atomic(path, &file.bytes) {
+                first_error.get_or_insert(e);
+            }
         }
-        self.rotate()?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if self.layout == Layout::Rotating {
+            self.rotate()?;
+        }
         Ok(paths)
     }
 
@@ -143,7 +225,7 @@ impl RotatingDir {
     fn new_paths(
         &self,
         start: SystemTime,
-        files: &[(&str, Vec<u8>)],
+        files: &[ReportFile],
     ) -> Result<Vec<PathBuf>, ExportError> {
         let stem = format!("{FILE_PREFIX}{}-", utc_stamp(start));
         let sequence = self
@@ -158,9 +240,10 @@ impl RotatingDir {
             .map_or(0, |highest| highest + 1);
         Ok(files
             .iter()
-            .map(|(middle, _)| {
+            .map(|file| {
                 self.dir.join(format!(
-                    "{stem}{sequence:0width$}{middle}{}",
+                    "{stem}{sequence:0width$}{}{}",
+                    file.middle,
                     self.extension,
                     width = SEQUENCE_DIGITS
                 ))
@@ -219,26 +302,6 @@ impl RotatingDir {
     }
 }
 
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), ExportError> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let write = || -> std::io::Result<()> {
-        let mut file = fs::File::create(&temporary)?;
-        file.write_all(contents)?;
-        file.sync_data()?;
-        fs::rename(&temporary, path)
-    };
-    write().map_err(|source| {
-        let _ = fs::remove_file(&temporary);
-        ExportError::Io {
-            action: "write report",
-            path: path.to_path_buf(),
-            source,
-        }
-    })
-}
-
 /// `YYYYMMDDTHHMMSS_nnnnnnnnnZ` in UTC: sorts like the time it names. Times before
 /// 1970 (a badly set clock) print as the epoch.
 fn utc_stamp(time: SystemTime) -> String {
@@ -276,10 +339,10 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
-/// Writes each report as gzipped pprof into a bounded directory.
+/// Writes each report as gzipped pprof into a directory.
 #[derive(Debug)]
 pub struct PprofDirExporter {
-    files: RotatingDir,
+    files: ReportDir,
 }
 
 impl PprofDirExporter {
@@ -287,12 +350,13 @@ impl PprofDirExporter {
 
     pub fn new(config: PprofDirConfig) -> Result<Self, ExportError> {
         Ok(PprofDirExporter {
-            files: RotatingDir::new(
+            files: ReportDir::new(
                 Self::KIND,
                 config.dir,
                 ".pb.gz",
                 config.max_files,
                 config.max_bytes,
+                config.layout,
             )?,
         })
     }
@@ -302,38 +366,58 @@ impl PprofDirExporter {
         let bytes = match encode_pprof(profile) {
             Ok(bytes) => bytes,
             Err(e) => {
-                self.files.stats.failed += 1;
+                self.files.count_failure();
                 return Err(e);
             }
         };
-        let mut paths = self.files.write_report(profile.start, &[("", bytes)])?;
+        let file = ReportFile {
+            middle: "",
+            single_name: "profile.pb.gz",
+            bytes,
+        };
+        let mut paths = self.files.write_report(profile.start, &[file])?;
         // One file was given, so one path comes back.
         Ok(paths.remove(0))
     }
 }
 
-impl Exporter for PprofDirExporter {
-    fn name(&self) -> &str {
-        Self::KIND
-    }
-
-    fn export(&mut self, profile: &Profile) -> Result<(), ExportError> {
-        self.write(profile).map(drop)
-    }
-
-    fn shutdown(&mut self, _deadline: Duration) -> Result<(), ExportError> {
-        Ok(())
-    }
-
-    fn stats(&self) -> ExporterStats {
-        self.files.stats
+/// What a per-value file is called in each layout, and how its flamegraph is titled.
+fn value_names(value: FoldedValue) -> (&'static str, &'static str, &'static str, &'static str) {
+    // (rotating middle, single folded name, single svg name, what)
+    match value {
+        FoldedValue::CpuSamples => (".cpu", "profile.folded", "flamegraph.svg", "on-CPU"),
+        FoldedValue::OffCpuNanoseconds => (".off_cpu", "offcpu.folded", "offcpu.svg", "off-CPU"),
     }
 }
 
-/// Writes each report as folded stacks into a bounded directory.
+fn checked_values(
+    kind: &str,
+    mut values: Vec<FoldedValue>,
+    max_files: usize,
+) -> Result<Vec<FoldedValue>, ExportError> {
+    values.dedup();
+    if values.is_empty() {
+        return Err(ExportError::config(
+            kind,
+            "values is empty; list at least one of \"cpu_samples\", \"off_cpu_nanoseconds\"",
+        ));
+    }
+    if values.len() > max_files {
+        return Err(ExportError::config(
+            kind,
+            format!(
+                "max_files = {max_files} cannot hold one report of {} files (one per value); raise max_files",
+                values.len()
+            ),
+        ));
+    }
+    Ok(values)
+}
+
+/// Writes each report as folded stacks into a directory.
 #[derive(Debug)]
 pub struct FoldedDirExporter {
-    files: RotatingDir,
+    files: ReportDir,
     values: Vec<FoldedValue>,
 }
 
@@ -341,31 +425,15 @@ impl FoldedDirExporter {
     pub const KIND: &'static str = "folded_dir";
 
     pub fn new(config: FoldedDirConfig) -> Result<Self, ExportError> {
-        let mut values = config.values;
-        values.dedup();
-        if values.is_empty() {
-            return Err(ExportError::config(
-                Self::KIND,
-                "values is empty; list at least one of \"cpu_samples\", \"off_cpu_nanoseconds\"",
-            ));
-        }
-        if values.len() > config.max_files {
-            return Err(ExportError::config(
-                Self::KIND,
-                format!(
-                    "max_files = {} cannot hold one report of {} files (one per value); raise max_files",
-                    config.max_files,
-                    values.len()
-                ),
-            ));
-        }
+        let values = checked_values(Self::KIND, config.values, config.max_files)?;
         Ok(FoldedDirExporter {
-            files: RotatingDir::new(
+            files: ReportDir::new(
                 Self::KIND,
                 config.dir,
                 ".folded",
                 config.max_files,
                 config.max_bytes,
+                config.layout,
             )?,
             values,
         })
@@ -373,38 +441,139 @@ impl FoldedDirExporter {
 
     /// Writes `profile` and returns the files written (one per configured value).
     pub fn write(&mut self, profile: &Profile) -> Result<Vec<PathBuf>, ExportError> {
-        let files: Vec<(&str, Vec<u8>)> = self
+        let files: Vec<ReportFile> = self
             .values
             .iter()
             .map(|&value| {
-                let middle = match value {
-                    FoldedValue::CpuSamples => ".cpu",
-                    FoldedValue::OffCpuNanoseconds => ".off_cpu",
-                };
-                (middle, folded(profile, value).into_bytes())
+                let (middle, single_name, _, _) = value_names(value);
+                ReportFile {
+                    middle,
+                    single_name,
+                    bytes: folded(profile, value).into_bytes(),
+                }
             })
             .collect();
         self.files.write_report(profile.start, &files)
     }
 }
 
-impl Exporter for FoldedDirExporter {
-    fn name(&self) -> &str {
-        Self::KIND
+/// Writes each report as a flamegraph SVG per value (rendered by inferno).
+#[derive(Debug)]
+pub struct FlamegraphDirExporter {
+    files: ReportDir,
+    values: Vec<FoldedValue>,
+}
+
+impl FlamegraphDirExporter {
+    pub const KIND: &'static str = "flamegraph_dir";
+
+    pub fn new(config: FoldedDirConfig) -> Result<Self, ExportError> {
+        let values = checked_values(Self::KIND, config.values, config.max_files)?;
+        Ok(FlamegraphDirExporter {
+            files: ReportDir::new(
+                Self::KIND,
+                config.dir,
+                ".svg",
+                config.max_files,
+                config.max_bytes,
+                config.layout,
+            )?,
+            values,
+        })
     }
 
-    fn export(&mut self, profile: &Profile) -> Result<(), ExportError> {
-        self.write(profile).map(drop)
-    }
-
-    fn shutdown(&mut self, _deadline: Duration) -> Result<(), ExportError> {
-        Ok(())
-    }
-
-    fn stats(&self) -> ExporterStats {
-        self.files.stats
+    /// Writes `profile` and returns the files written (one per configured value).
+    pub fn write(&mut self, profile: &Profile) -> Result<Vec<PathBuf>, ExportError> {
+        let title_base = format!(
+            "{} · {:.1} s · {} Hz",
+            profile.host.hostname,
+            profile.duration.as_secs_f64(),
+            profile.frequency_hz
+        );
+        let mut files = Vec::with_capacity(self.values.len());
+        for &value in &self.values {
+            let (middle, _, single_name, what) = value_names(value);
+            let title = format!("Kestrel {what} · {title_base}");
+            match flamegraph_svg(&folded(profile, value), &title, value.count_name()) {
+                Ok(bytes) => files.push(ReportFile {
+                    middle,
+                    single_name,
+                    bytes,
+                }),
+                Err(e) => {
+                    self.files.count_failure();
+                    return Err(e);
+                }
+            }
+        }
+        self.files.write_report(profile.start, &files)
     }
 }
+
+/// Writes each report as an encoded OTLP `ExportProfilesServiceRequest`.
+#[derive(Debug)]
+pub struct OtlpDirExporter {
+    files: ReportDir,
+}
+
+impl OtlpDirExporter {
+    pub const KIND: &'static str = "otlp_dir";
+
+    pub fn new(config: OtlpDirConfig) -> Result<Self, ExportError> {
+        Ok(OtlpDirExporter {
+            files: ReportDir::new(
+                Self::KIND,
+                config.dir,
+                ".otlp.pb",
+                config.max_files,
+                config.max_bytes,
+                config.layout,
+            )?,
+        })
+    }
+
+    /// Writes `profile` and returns the file written.
+    pub fn write(&mut self, profile: &Profile) -> Result<PathBuf, ExportError> {
+        let resource = ResourceInfo::from_host(&profile.host, "kestrel");
+        let file = ReportFile {
+            middle: "",
+            single_name: "profile.otlp.pb",
+            bytes: prost::Message::encode_to_vec(&to_otlp_request(profile, &resource)),
+        };
+        let mut paths = self.files.write_report(profile.start, &[file])?;
+        // One file was given, so one path comes back.
+        Ok(paths.remove(0))
+    }
+}
+
+/// The trait glue every directory exporter shares: export is `write`, there is
+/// nothing queued to flush, and the stats are the directory's.
+macro_rules! directory_exporter {
+    ($exporter:ty) => {
+        impl Exporter for $exporter {
+            fn name(&self) -> &str {
+                Self::KIND
+            }
+
+            fn export(&mut self, profile: &Profile) -> Result<(), ExportError> {
+                self.write(profile).map(drop)
+            }
+
+            fn shutdown(&mut self, _deadline: Duration) -> Result<(), ExportError> {
+                Ok(())
+            }
+
+            fn stats(&self) -> ExporterStats {
+                self.files.stats
+            }
+        }
+    };
+}
+
+directory_exporter!(PprofDirExporter);
+directory_exporter!(FoldedDirExporter);
+directory_exporter!(FlamegraphDirExporter);
+directory_exporter!(OtlpDirExporter);
 
 pub(crate) fn build_pprof_dir(
     config: &serde_json::Value,
@@ -420,11 +589,23 @@ pub(crate) fn build_folded_dir(
     Ok(Box::new(FoldedDirExporter::new(config)?))
 }
 
+pub(crate) fn build_flamegraph_dir(
+    config: &serde_json::Value,
+) -> Result<Box<dyn Exporter>, ExportError> {
+    let config = parse_config(FlamegraphDirExporter::KIND, config)?;
+    Ok(Box::new(FlamegraphDirExporter::new(config)?))
+}
+
+pub(crate) fn build_otlp_dir(config: &serde_json::Value) -> Result<Box<dyn Exporter>, ExportError> {
+    let config = parse_config(OtlpDirExporter::KIND, config)?;
+    Ok(Box::new(OtlpDirExporter::new(config)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode_pprof;
     use crate::test_profiles::mixed_profile;
-    use crate::{decode_pprof, FoldedValue};
 
     fn report_files(dir: &Path, extension: &str) -> Vec<(String, u64)> {
         let mut files: Vec<(String, u64)> = fs::read_dir(dir)
@@ -468,6 +649,7 @@ mod tests {
             dir: dir.path().join("nested"),
             max_files: 3,
             max_bytes: DEFAULT_MAX_BYTES,
+            layout: Layout::Rotating,
         })
         .unwrap();
         let mut written = Vec::new();
@@ -498,6 +680,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             max_files: 100,
             max_bytes,
+            layout: Layout::Rotating,
         })
         .unwrap();
         for _ in 0..6 {
@@ -520,6 +703,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             max_files: 10,
             max_bytes: 16,
+            layout: Layout::Rotating,
         })
         .unwrap();
         let err = exporter.export(&mixed_profile()).unwrap_err();
@@ -539,6 +723,7 @@ mod tests {
             max_files: 4,
             max_bytes: DEFAULT_MAX_BYTES,
             values: vec![FoldedValue::CpuSamples, FoldedValue::OffCpuNanoseconds],
+            layout: Layout::Rotating,
         })
         .unwrap();
         let profile = mixed_profile();
@@ -572,6 +757,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             max_files: 1,
             max_bytes: DEFAULT_MAX_BYTES,
+            layout: Layout::Rotating,
         })
         .unwrap();
         for i in 0..3 {
@@ -588,6 +774,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             max_files: 0,
             max_bytes: 1,
+            layout: Layout::Rotating,
         })
         .unwrap_err();
         assert!(err.to_string().contains("max_files"), "{err}");
@@ -596,6 +783,7 @@ mod tests {
             max_files: 4,
             max_bytes: 1,
             values: vec![],
+            layout: Layout::Rotating,
         })
         .unwrap_err();
         assert!(err.to_string().contains("values"), "{err}");
@@ -610,6 +798,7 @@ mod tests {
             dir: file.join("sub"),
             max_files: 1,
             max_bytes: 1,
+            layout: Layout::Rotating,
         })
         .unwrap_err();
         assert!(err.to_string().contains("a-file/sub"), "{err}");

@@ -27,6 +27,9 @@ pub enum ExportError {
     #[error("invalid configuration for exporter `{kind}`: {message}")]
     Config { kind: String, message: String },
 
+    #[error("unknown output format `{format}`; known formats: {known}")]
+    UnknownFormat { format: String, known: String },
+
     #[error("unknown exporter `{kind}`; known exporters: {known}")]
     UnknownExporter { kind: String, known: String },
 

@@ -35,16 +35,79 @@ pub struct ExporterStats {
 
 type BuildFn = fn(&serde_json::Value) -> Result<Box<dyn Exporter>, ExportError>;
 
-/// Every exporter the agent can enable. Adding one is its module plus one line here.
-const REGISTRY: &[(&str, BuildFn)] = &[
-    ("pprof_dir", crate::dir::build_pprof_dir),
-    ("folded_dir", crate::dir::build_folded_dir),
-    ("otlp", crate::otlp::build_otlp),
+/// What a directory exporter is called as a recording's output format, and
+/// whether it writes one file per value (on-CPU samples, off-CPU time).
+#[derive(Debug, Clone, Copy)]
+struct RecordFormat {
+    name: &'static str,
+    per_value: bool,
+}
+
+const fn format(name: &'static str, per_value: bool) -> Option<RecordFormat> {
+    Some(RecordFormat { name, per_value })
+}
+
+/// Every exporter the agent can enable, and the recording format it provides
+/// (`kestrel record --format`), if any. Adding one is its module plus one line here.
+const REGISTRY: &[(&str, BuildFn, Option<RecordFormat>)] = &[
+    (
+        "pprof_dir",
+        crate::dir::build_pprof_dir,
+        format("pprof", false),
+    ),
+    (
+        "folded_dir",
+        crate::dir::build_folded_dir,
+        format("folded", true),
+    ),
+    (
+        "flamegraph_dir",
+        crate::dir::build_flamegraph_dir,
+        format("flamegraph", true),
+    ),
+    (
+        "otlp_dir",
+        crate::dir::build_otlp_dir,
+        format("otlp", false),
+    ),
+    ("otlp", crate::otlp::build_otlp, None),
 ];
 
 /// The kinds [`build_exporter`] accepts.
 pub fn exporter_kinds() -> impl Iterator<Item = &'static str> {
-    REGISTRY.iter().map(|(kind, _)| *kind)
+    REGISTRY.iter().map(|(kind, _, _)| *kind)
+}
+
+/// The formats [`build_record_exporter`] accepts.
+pub fn record_formats() -> impl Iterator<Item = &'static str> {
+    REGISTRY
+        .iter()
+        .filter_map(|(_, _, format)| format.map(|f| f.name))
+}
+
+/// The exporter that writes one recording in `format` into `dir` under fixed
+/// names ([`Layout::Single`](crate::Layout::Single)), with a file per value in
+/// `values` where the format writes one per value.
+pub fn build_record_exporter(
+    format: &str,
+    dir: &std::path::Path,
+    values: &[crate::FoldedValue],
+) -> Result<Box<dyn Exporter>, ExportError> {
+    let Some((kind, build, format)) = REGISTRY
+        .iter()
+        .find_map(|(kind, build, f)| f.filter(|f| f.name == format).map(|f| (kind, build, f)))
+    else {
+        return Err(ExportError::UnknownFormat {
+            format: format.to_string(),
+            known: record_formats().collect::<Vec<_>>().join(", "),
+        });
+    };
+    let mut config = serde_json::json!({ "dir": dir, "layout": "single" });
+    if format.per_value {
+        config["values"] =
+            serde_json::to_value(values).map_err(|e| ExportError::config(kind, e.to_string()))?;
+    }
+    build(&config)
 }
 
 /// Builds the exporter `kind` from its configuration table (`[exporters.<kind>]` in
@@ -53,8 +116,8 @@ pub fn build_exporter(
     kind: &str,
     config: &serde_json::Value,
 ) -> Result<Box<dyn Exporter>, ExportError> {
-    match REGISTRY.iter().find(|(k, _)| *k == kind) {
-        Some((_, build)) => build(config),
+    match REGISTRY.iter().find(|(k, _, _)| *k == kind) {
+        Some((_, build, _)) => build(config),
         None => Err(ExportError::UnknownExporter {
             kind: kind.to_string(),
             known: exporter_kinds().collect::<Vec<_>>().join(", "),

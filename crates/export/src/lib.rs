@@ -16,9 +16,14 @@ pub mod otlp;
 pub mod pprof;
 mod random;
 
-pub use dir::{FoldedDirConfig, FoldedDirExporter, PprofDirConfig, PprofDirExporter};
+pub use dir::{
+    write_atomic, FlamegraphDirExporter, FoldedDirConfig, FoldedDirExporter, Layout, OtlpDirConfig,
+    OtlpDirExporter, PprofDirConfig, PprofDirExporter,
+};
 pub use error::ExportError;
-pub use exporter::{build_exporter, exporter_kinds, Exporter, ExporterStats};
+pub use exporter::{
+    build_exporter, build_record_exporter, exporter_kinds, record_formats, Exporter, ExporterStats,
+};
 pub use flamegraph::flamegraph_svg;
 pub use folded::{folded, FoldedValue};
 pub use otlp::{to_otlp_request, OtlpCompression, OtlpConfig, OtlpExporter, ResourceInfo};

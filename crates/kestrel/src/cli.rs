@@ -47,9 +47,6 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the effective configuration (defaults ← file ← env ← flags).
     Config,
-    /// Run the agent under process and thread churn; fail on growth (as root).
-    #[command(hide = true)]
-    Soak(crate::soak::SoakArgs),
 }
 
 /// The sampling flags `record` and `plan` share.

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -244,19 +243,55 @@ pub fn config_path(flag: Option<&Path>) -> Option<PathBuf> {
         .or_else(|| std::env::var_os("KESTREL_CONFIG").map(PathBuf::from))
 }
 
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every problem at once, each naming its key and where the value came from.
+    #[error("invalid configuration:{}", problem_lines(.problems))]
+    Invalid { problems: Vec<Problem> },
+}
+
+/// One refused key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key, e.g. `sampling.frequency_hz`.
+    pub key: String,
+    /// Where the value came from: the file, the environment, a flag or defaults.
+    pub source: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "key `{}` from {}: {}",
+            self.key, self.source, self.message
+        )
+    }
+}
+
+fn problem_lines(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("\n  {p}")).collect()
+}
+
 /// Build the figment: defaults ← file ← env ← `overrides` (CLI flags, only those given).
-pub fn figment(file: Option<&Path>, overrides: &impl Serialize) -> Result<Figment> {
+pub fn figment(file: Option<&Path>, overrides: &impl Serialize) -> Result<Figment, ConfigError> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     if let Some(path) = file {
         // Read it ourselves so an unreadable file is an error, not silently skipped.
         // Read it first so an unreadable or missing file is an error (figment
         // would skip a missing one silently); Toml::file keeps the path as the
         // source that error messages name.
-        std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read the configuration file {}: check the path and its permissions",
-                path.display()
-            )
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
         })?;
         fig = fig.merge(Toml::file(path));
     }
@@ -272,10 +307,10 @@ pub fn figment(file: Option<&Path>, overrides: &impl Serialize) -> Result<Figmen
 }
 
 /// Extract and validate. Errors name the key, the source and the allowed values.
-pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Config> {
+pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Config, ConfigError> {
     let fig = figment(file, overrides)?;
     let config: Config = fig.extract().map_err(|e| {
-        let mut msg = String::new();
+        let mut problems = Vec::new();
         for err in e {
             let source = err
                 .metadata
@@ -285,10 +320,18 @@ pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<Config> {
                     None => m.name.to_string(),
                 })
                 .unwrap_or_else(|| "unknown source".into());
-            let key = if err.path.is_empty() { "(top level)".to_string() } else { err.path.join(".") };
-            msg.push_str(&format!("\n  key `{key}` from {source}: {}", err.kind));
+            let key = if err.path.is_empty() {
+                "(top level)".to_string()
+            } else {
+                err.path.join(".")
+            };
+            problems.push(Problem {
+                key,
+                source,
+                message: err.kind.to_string(),
+            });
         }
-        anyhow::anyhow!("invalid configuration:{msg}\n  (see config.toml at the repository root for every key, its type and default)")
+        ConfigError::Invalid { problems }
     })?;
     validate(&config, &fig)?;
     Ok(config)
@@ -304,14 +347,15 @@ fn source_of(fig: &Figment, key: &str) -> String {
     }
 }
 
-fn validate(c: &Config, fig: &Figment) -> Result<()> {
+fn validate(c: &Config, fig: &Figment) -> Result<(), ConfigError> {
     let mut problems = Vec::new();
     let mut check = |ok: bool, key: &str, value: String, allowed: &str| {
         if !ok {
-            problems.push(format!(
-                "  key `{key}` = {value} from {} is out of range: allowed {allowed}",
-                source_of(fig, key)
-            ));
+            problems.push(Problem {
+                key: key.to_string(),
+                source: source_of(fig, key),
+                message: format!("{value} is out of range: allowed {allowed}"),
+            });
         }
     };
     let s = &c.sampling;
@@ -439,6 +483,15 @@ fn validate(c: &Config, fig: &Figment) -> Result<()> {
             &format!("one of {}", known.join(", ")),
         );
     }
+    let formats: Vec<&str> = kestrel_export::record_formats().collect();
+    for (i, format) in c.record.formats.iter().enumerate() {
+        check(
+            formats.contains(&format.as_str()),
+            &format!("record.formats[{i}]"),
+            format!("{format:?}"),
+            &format!("one of {}", formats.join(", ")),
+        );
+    }
     let levels = ["error", "warn", "info", "debug", "trace"];
     check(
         levels.contains(&c.log.level.as_str()),
@@ -452,10 +505,11 @@ fn validate(c: &Config, fig: &Figment) -> Result<()> {
         format!("{:?}", c.log.format),
         "one of human, json",
     );
-    if !problems.is_empty() {
-        bail!("invalid configuration:\n{}", problems.join("\n"));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid { problems })
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub fn init(config: &Config, args: &LogArgs) -> Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => EnvFilter::try_new(&spec)
             .map_err(|e| anyhow::anyhow!("RUST_LOG={spec:?} is not a valid filter: {e}"))?,
-        _ => EnvFilter::try_new(&level).map_err(|e| {
+        _ => EnvFilter::try_new(default_directives(&level)).map_err(|e| {
             anyhow::anyhow!(
                 "log level {level:?} is not valid ({e}): use error, warn, info, debug or trace"
             )
@@ -41,4 +41,26 @@ pub fn init(config: &Config, args: &LogArgs) -> Result<()> {
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = result;
     Ok(())
+}
+
+/// Kestrel's own lines at `level`; the cache library's internal lines (foyer's
+/// recovery and flush chatter) only when asking for debug or trace. RUST_LOG
+/// replaces all of this.
+fn default_directives(level: &str) -> String {
+    match level {
+        "info" => "info,foyer=warn".to_string(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_directives;
+
+    #[test]
+    fn info_keeps_the_cache_library_quiet_but_debug_does_not() {
+        assert_eq!(default_directives("info"), "info,foyer=warn");
+        assert_eq!(default_directives("error"), "error");
+        assert_eq!(default_directives("debug"), "debug");
+    }
 }

@@ -1,33 +1,14 @@
 //! `stats.json`: what a recording did, what it lost, and what its maps cost.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
-use kestrel_probes::{Counters, MapMemory, OffCpuHook};
-use kestrel_sizing::{MapPlan, Topology, Virtualization};
+use kestrel_probes::{Counters, OffCpuHook};
+use kestrel_sizing::Virtualization;
 use kestrel_symbols::StoreStats;
 use serde::Serialize;
 
-use crate::record::{write_atomic, Aggregate};
-use crate::tiers::ReplanRecord;
-
-pub struct RunFacts<'a> {
-    pub duration: Duration,
-    pub frequency_hz: u32,
-    pub topology: &'a Topology,
-    pub online_at_end: u32,
-    pub plan: &'a MapPlan,
-    pub replans: &'a [ReplanRecord],
-    pub maps: &'a [MapMemory],
-    pub counters: &'a Counters,
-    pub agg: &'a Aggregate,
-    pub off_cpu_probability: f64,
-    pub off_cpu_hook: Option<OffCpuHook>,
-    pub symbols: StoreStats,
-    pub interrupted: bool,
-}
+use crate::agent::{Finished, ReplanRecord};
 
 #[derive(Serialize)]
 struct Samples {
@@ -109,11 +90,22 @@ struct Stats<'a> {
     symbols: &'a StoreStats,
 }
 
-pub fn write(path: &Path, f: &RunFacts<'_>) -> Result<()> {
-    let c = f.counters;
+/// `stats.json` of a finished recording of `duration`, as pretty JSON.
+pub fn render(
+    f: &Finished,
+    duration: Duration,
+    interrupted: bool,
+) -> Result<Vec<u8>, serde_json::Error> {
+    // A counters map that could not be read reports zeros (the failure was logged).
+    let unread = Counters::default();
+    let c = f.counters.as_ref().unwrap_or(&unread);
+    let topology = f.inputs.topology();
+    let frequency_hz = f.inputs.frequency_hz();
+    let off_cpu_probability = f.inputs.probe.off_cpu_probability;
     let expected =
-        (f64::from(f.frequency_hz) * f64::from(f.topology.online.len()) * f.duration.as_secs_f64())
+        (f64::from(frequency_hz) * f64::from(topology.online.len()) * duration.as_secs_f64())
             .round() as u64;
+    let symbols = f.symbols.stats();
     let maps: Vec<MapStats> = f
         .maps
         .iter()
@@ -130,36 +122,36 @@ pub fn write(path: &Path, f: &RunFacts<'_>) -> Result<()> {
         })
         .collect();
     let stats = Stats {
-        duration_s: f.duration.as_secs_f64(),
-        frequency_hz: f.frequency_hz,
-        online_cpus: f.topology.online.len(),
+        duration_s: duration.as_secs_f64(),
+        frequency_hz,
+        online_cpus: topology.online.len(),
         online_cpus_at_end: f.online_at_end,
-        possible_cpus: f.topology.possible.len(),
-        present_cpus: f.topology.present.len(),
+        possible_cpus: topology.possible.len(),
+        present_cpus: topology.present.len(),
         topology: TopologyLists {
-            online: f.topology.online.to_string(),
-            possible: f.topology.possible.to_string(),
-            present: f.topology.present.to_string(),
+            online: topology.online.to_string(),
+            possible: topology.possible.to_string(),
+            present: topology.present.to_string(),
         },
         virtualization: Virtualization::detect(),
-        interrupted: f.interrupted,
+        interrupted,
         samples: Samples {
             expected,
-            received: f.agg.on_cpu_received,
+            received: f.aggregate.on_cpu_received,
             lost: c.ringbuf_lost,
             idle: c.idle_skipped,
             kernel_stack_errors: c.kernel_stack_errors,
             user_stack_errors: c.user_stack_errors,
             per_cpu: f
-                .agg
+                .aggregate
                 .per_cpu
                 .iter()
                 .map(|(cpu, n)| (cpu.to_string(), *n))
                 .collect(),
         },
         off_cpu: OffCpuStats {
-            enabled: f.off_cpu_probability > 0.0,
-            probability: f.off_cpu_probability,
+            enabled: off_cpu_probability > 0.0,
+            probability: off_cpu_probability,
             hook: f.off_cpu_hook.map(|h| h.program_name()),
             store: f.off_cpu_hook.map(|h| match h {
                 OffCpuHook::TpBtfTaskStorage => "task_storage",
@@ -169,19 +161,19 @@ pub fn write(path: &Path, f: &RunFacts<'_>) -> Result<()> {
             recorded: c.off_cpu_sampled,
             dropped: c.off_cpu_store_full + c.off_cpu_pending_dropped + c.off_cpu_missed_wakes,
             short: c.off_cpu_short,
-            waits_reported: f.agg.off_cpu_waits,
-            total_ns: f.agg.off_cpu_ns,
-            measured_ns: f.agg.off_cpu_measured_ns,
+            waits_reported: f.aggregate.off_cpu_waits,
+            total_ns: f.aggregate.off_cpu_ns,
+            measured_ns: f.aggregate.off_cpu_measured_ns,
             in_flight_at_end: c.off_cpu_in_flight,
         },
         total_memlock_bytes: maps.iter().map(|m| m.memlock_bytes).sum(),
         total_planned_bytes: maps.iter().map(|m| m.planned_bytes).sum(),
         plan_cap_bytes: f.plan.total_bytes_cap,
         plan_floor_bytes: f.plan.total_bytes_floor,
-        replans: f.replans,
+        replans: &f.replans,
         maps,
         counters: c,
-        symbols: &f.symbols,
+        symbols: &symbols,
     };
-    write_atomic(path, serde_json::to_string_pretty(&stats)?.as_bytes())
+    serde_json::to_vec_pretty(&stats)
 }

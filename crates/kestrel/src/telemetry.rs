@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::WithExportConfig;
@@ -49,14 +48,30 @@ pub fn update(shared: &Shared, f: impl FnOnce(&mut Snapshot)) {
     }
 }
 
+/// The agent's own metrics could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("building the OTLP metrics exporter for {endpoint} failed")]
+pub struct TelemetryError {
+    pub endpoint: String,
+    #[source]
+    pub source: opentelemetry_otlp::ExporterBuildError,
+}
+
 /// Start the OTLP metrics pipeline; must be called inside the tokio runtime
 /// (the tonic channel needs its reactor). Dropping the provider stops it.
-pub fn start(config: &Telemetry, shared: Shared, host: &str) -> Result<SdkMeterProvider> {
+pub fn start(
+    config: &Telemetry,
+    shared: Shared,
+    host: &str,
+) -> Result<SdkMeterProvider, TelemetryError> {
     let exporter = opentelemetry_otlp::MetricExporter::builder()
         .with_tonic()
         .with_endpoint(config.endpoint.clone())
         .build()
-        .with_context(|| format!("building the OTLP metrics exporter for {}", config.endpoint))?;
+        .map_err(|source| TelemetryError {
+            endpoint: config.endpoint.clone(),
+            source,
+        })?;
     let reader = PeriodicReader::builder(exporter)
         .with_interval(Duration::from_secs_f64(config.interval_s))
         .build();

@@ -50,4 +50,7 @@ pub enum SizingError {
 
     #[error("{} holds {content:?}, not a positive integer", path.display())]
     MalformedPidMax { path: PathBuf, content: String },
+
+    #[error("the plan has no row for map `{0}` (a kestrel-sizing bug)")]
+    MissingRow(&'static str),
 }

@@ -35,7 +35,9 @@ pub use plan::{
     OFFCPU_ENTRIES_FLOOR, OFFCPU_VALUE_BYTES, PID_FILTER_MAX_LEN, RINGBUF_RECORD_HEADER_BYTES,
 };
 pub use reference::{read_pid_max, read_pid_max_from, reference_cost, ReferenceCost, PID_MAX_PATH};
-pub use tiers::{ReplanReason, Resize, RingTracker, TierPolicy};
+pub use tiers::{
+    ring_bounds, ReplanReason, Resize, RingBounds, RingTracker, TierPolicy, EVENTS_MAP,
+};
 pub use topology::{Topology, SYSFS_CPU_DIR};
 pub use virt::Virtualization;
 

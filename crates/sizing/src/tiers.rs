@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use crate::next_pow2;
+use crate::{next_pow2, plan, PlanInputs, SizingError};
 
 /// Thresholds of the live tiers.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -50,6 +50,34 @@ pub enum ReplanReason {
     /// CPUs went offline.
     CpusOffline,
 }
+
+/// The events ring's bounds for the live tiers, in bytes: where a fresh plan
+/// for the same inputs starts it (the size a shrink returns to) and the most it
+/// may grow to (after the memory cap is applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RingBounds {
+    pub start: u32,
+    pub cap: u32,
+}
+
+/// The ring's bounds for `inputs`, whatever size it was re-planned to: the one
+/// place the live tiers learn them.
+pub fn ring_bounds(inputs: &PlanInputs) -> Result<RingBounds, SizingError> {
+    let fresh = plan(&PlanInputs {
+        events_bytes: None,
+        ..inputs.clone()
+    })?;
+    let events = fresh
+        .get(EVENTS_MAP)
+        .ok_or(SizingError::MissingRow(EVENTS_MAP))?;
+    Ok(RingBounds {
+        start: events.max_entries,
+        cap: events.max_entries_cap,
+    })
+}
+
+/// The ring buffer's name in the plan and in `bpf/kestrel.bpf.c`.
+pub const EVENTS_MAP: &str = "events";
 
 /// A decided change of the ring buffer's size (bytes, a power of two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

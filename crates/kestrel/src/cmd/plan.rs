@@ -2,39 +2,17 @@
 //! reference agent's off-CPU table for the same inputs.
 
 use anyhow::{Context, Result};
-use kestrel_probes::{KernelFeatures, OffCpuHook};
+use kestrel_probes::KernelFeatures;
 use kestrel_sizing::{
-    plan, read_pid_max, reference_cost, MapPlan, OffCpuState, PlanInputs, ReferenceCost, Topology,
+    plan, read_pid_max, reference_cost, MapPlan, PlanInputs, ReferenceCost, Topology,
     Virtualization,
 };
 use serde::Serialize;
 
+use kestrel::agent::{off_cpu_state, plan_inputs, probe_config};
+use kestrel::config::Config;
+
 use crate::cli::PlanArgs;
-use crate::config::Config;
-
-/// The inputs of a plan from the configuration and a topology.
-pub fn inputs(config: &Config, topology: Topology, off_cpu_state: OffCpuState) -> PlanInputs {
-    PlanInputs {
-        topology,
-        frequency_hz: config.sampling.frequency_hz,
-        off_cpu_probability: config.off_cpu.probability,
-        sched_events_per_cpu_s: config.off_cpu.sched_events_per_cpu_s,
-        poll_interval: config.sampling.poll_interval(),
-        max_stack_depth: config.sampling.stack_depth,
-        memory_cap_bytes: config.memory.bpf_cap_bytes,
-        pid_filter_len: u32::try_from(config.sampling.pids.len()).unwrap_or(u32::MAX),
-        off_cpu_state,
-        events_bytes: None,
-    }
-}
-
-/// The in-flight store this kernel supports (task storage unless only raw_tp loads).
-pub fn off_cpu_state(hook: Option<OffCpuHook>) -> OffCpuState {
-    match hook {
-        Some(OffCpuHook::RawTpHash) => OffCpuState::Hash,
-        _ => OffCpuState::TaskStorage,
-    }
-}
 
 #[derive(Serialize)]
 struct PlanReport<'a> {
@@ -68,18 +46,15 @@ pub fn run(config: &Config, args: &PlanArgs) -> Result<()> {
     // What the kernel allows decides the in-flight store; probing needs root, and
     // a plan for another machine assumes task storage (any 5.11+ kernel).
     let state = if args.online.is_some() || args.possible.is_some() {
-        match config.off_cpu.forced_hook() {
-            Some(OffCpuHook::RawTpHash) => OffCpuState::Hash,
-            _ => OffCpuState::TaskStorage,
-        }
+        off_cpu_state(config.off_cpu.forced_hook())
     } else {
-        let probe_config = crate::record::probe_config(config);
+        let probe_config = probe_config(config);
         off_cpu_state(
             kestrel_probes::features::choose_off_cpu_hook(&probe_config, &KernelFeatures::probe())
                 .unwrap_or(None),
         )
     };
-    let mut inputs = inputs(config, topology, state);
+    let mut inputs = plan_inputs(config, topology, state);
     inputs.pid_filter_len = inputs.pid_filter_len.max(args.pids);
     let map_plan = plan(&inputs).context("computing the map plan")?;
     let pid_max = match args.pid_max {

@@ -1,4 +1,4 @@
-//! `kestrel soak`: run the real agent (`kestrel run`, as a child process, exactly
+//! `kestrel-soak`, a test tool (not part of the product): run the real agent (`kestrel run`, as a child process, exactly
 //! as deployed) for a given time while short-lived processes and threads come and
 //! go, measure it from the outside after a warm-up and at the end, and fail when
 //! anything grew by more than the allowed fraction or the agent logged an error.
@@ -40,8 +40,16 @@ const COUNTER_OFF_CPU_IN_FLIGHT: u32 = 11;
 const STORE_MEMORY_BYTES: u64 = 32 << 20;
 const STORE_DISK_BYTES: u64 = 256 << 20;
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "kestrel-soak",
+    about = "Run the real Kestrel agent under process and thread churn; fail on growth (as root)"
+)]
 pub struct SoakArgs {
+    /// The kestrel binary to soak. Default: `kestrel` beside this program
+    /// (cargo builds both into the same target directory).
+    #[arg(long, value_name = "FILE")]
+    pub kestrel: Option<PathBuf>,
     /// Seconds the agent runs under churn.
     #[arg(long, default_value_t = 600.0, value_name = "SECONDS")]
     pub duration: f64,
@@ -377,9 +385,36 @@ fn window_min(
         .reduce(f64::min)
 }
 
+fn main() -> ExitCode {
+    let args = <SoakArgs as clap::Parser>::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("kestrel-soak: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The agent binary: `--kestrel`, else `kestrel` beside this program.
+fn kestrel_binary(args: &SoakArgs) -> Result<PathBuf> {
+    if let Some(path) = &args.kestrel {
+        return Ok(path.clone());
+    }
+    let me = std::env::current_exe().context("locating kestrel-soak")?;
+    let beside = me.with_file_name("kestrel");
+    if !beside.is_file() {
+        bail!(
+            "{} does not exist: build it (cargo build --release -p kestrel) or pass --kestrel FILE",
+            beside.display()
+        );
+    }
+    Ok(beside)
+}
+
 pub fn run(args: &SoakArgs) -> Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
-        bail!("kestrel soak runs the agent and reads its BPF maps by id: run it as root");
+        bail!("kestrel-soak runs the agent and reads its BPF maps by id: run it as root");
     }
     if !(args.duration.is_finite() && args.duration >= 10.0) {
         bail!("--duration must be at least 10 seconds");
@@ -407,7 +442,7 @@ pub fn run(args: &SoakArgs) -> Result<ExitCode> {
     let log_path = dir.join("agent.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let exe = std::env::current_exe().context("locating the kestrel binary")?;
+    let exe = kestrel_binary(args)?;
     let mut agent = Command::new(exe)
         .args([
             "--log-level",
@@ -426,7 +461,7 @@ pub fn run(args: &SoakArgs) -> Result<ExitCode> {
     let pid = agent.id();
     wait_for_agent(&mut agent, &log_path)?;
     eprintln!(
-        "kestrel soak: agent pid {pid} runs for {:.0} s under churn ({} processes, {} threads); \
+        "kestrel-soak: agent pid {pid} runs for {:.0} s under churn ({} processes, {} threads); \
          baseline after {warmup:.0} s; files in {}",
         args.duration,
         args.processes,
@@ -474,7 +509,7 @@ pub fn run(args: &SoakArgs) -> Result<ExitCode> {
         let m = sample_once(&mut samples)?;
         if !baseline_announced && m.at_s >= warmup {
             baseline_announced = true;
-            eprintln!("kestrel soak: baseline taken at {:.0} s", m.at_s);
+            eprintln!("kestrel-soak: baseline taken at {:.0} s", m.at_s);
         }
         if started.elapsed() >= next_print {
             next_print += Duration::from_secs(10);
@@ -625,7 +660,7 @@ fn render(r: &SoakReport, max_growth: f64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "kestrel soak: {:.0} s, baseline at {:.0} s; {} of {} processes ({} failed to start), {} of {} threads",
+        "kestrel-soak: {:.0} s, baseline at {:.0} s; {} of {} processes ({} failed to start), {} of {} threads",
         r.duration_s,
         r.warmup_s,
         r.processes_started,

@@ -5,14 +5,16 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
 use kestrel_probes::{CpuChange, KernelFeatures, ProbeConfig, RawSample, Session};
-use kestrel_sizing::{plan, MapPlan, PlanInputs, ReplanReason, RingTracker, TierPolicy, Topology};
+use kestrel_sizing::{
+    plan, ring_bounds, MapPlan, PlanInputs, ReplanReason, RingTracker, TierPolicy, Topology,
+    EVENTS_MAP,
+};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::config::Config;
-use crate::record::monotonic_ns;
+use super::{monotonic_ns, AgentError, Inputs};
+use crate::capabilities;
 
 /// One re-plan, as `stats.json` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -42,43 +44,19 @@ pub struct LiveTiers {
     pub replans: Vec<ReplanRecord>,
 }
 
-pub fn policy(config: &Config) -> TierPolicy {
-    let polls =
-        config.memory.ring_shrink_after_s * 1000.0 / config.sampling.poll_interval_ms as f64;
-    TierPolicy {
-        grow_above: config.memory.ring_grow_above,
-        shrink_below: config.memory.ring_shrink_below,
-        shrink_after_polls: polls.ceil().max(1.0) as u32,
-    }
-}
-
-/// The ring's floor for `inputs`: where a fresh plan starts it.
-fn floor_and_cap(inputs: &PlanInputs) -> Result<(u32, u32)> {
-    let fresh = plan(&PlanInputs {
-        events_bytes: None,
-        ..inputs.clone()
-    })
-    .context("re-planning")?;
-    let events = fresh.get("events").context("the plan has no events ring")?;
-    Ok((events.max_entries, events.max_entries_cap))
-}
-
 impl LiveTiers {
-    pub fn new(
-        config: &Config,
-        inputs: PlanInputs,
-        plan: MapPlan,
-        features: KernelFeatures,
-        probe_config: ProbeConfig,
-    ) -> Result<Self> {
-        let (floor, cap) = floor_and_cap(&inputs)?;
-        let size = plan.get("events").map(|r| r.max_entries).unwrap_or(floor);
+    pub fn new(inputs: &Inputs, plan: MapPlan) -> Result<Self, AgentError> {
+        let bounds = ring_bounds(&inputs.plan).map_err(AgentError::Plan)?;
+        let size = plan
+            .get(EVENTS_MAP)
+            .map(|r| r.max_entries)
+            .ok_or(AgentError::NoRingInPlan)?;
         Ok(LiveTiers {
-            tracker: RingTracker::new(policy(config), size, floor, cap),
-            inputs,
+            tracker: RingTracker::new(inputs.tier_policy, size, bounds.start, bounds.cap),
+            inputs: inputs.plan.clone(),
             plan,
-            features,
-            probe_config,
+            features: inputs.features.clone(),
+            probe_config: inputs.probe.clone(),
             last_lost: 0,
             started: Instant::now(),
             replans: Vec::new(),
@@ -91,11 +69,15 @@ impl LiveTiers {
 
     /// After each drain: grow on fill or loss, shrink after sustained quiet.
     /// Samples drained from a replaced ring go to `out`.
-    pub fn after_drain(&mut self, session: &mut Session, out: &mut Vec<RawSample>) -> Result<()> {
+    pub fn after_drain(
+        &mut self,
+        session: &mut Session,
+        out: &mut Vec<RawSample>,
+    ) -> Result<(), AgentError> {
         let drained = session.take_drained_bytes();
         let lost_total = session
             .counters()
-            .context("reading the BPF counters")?
+            .map_err(AgentError::Counters)?
             .ringbuf_lost;
         let lost = lost_total.saturating_sub(self.last_lost);
         self.last_lost = lost_total;
@@ -112,10 +94,11 @@ impl LiveTiers {
         session: &mut Session,
         change: &CpuChange,
         out: &mut Vec<RawSample>,
-    ) -> Result<()> {
-        let topology = Topology::detect().context("re-reading the CPU topology")?;
+    ) -> Result<(), AgentError> {
+        let topology = Topology::detect().map_err(AgentError::Topology)?;
         self.inputs.topology = topology;
-        let (floor, cap) = floor_and_cap(&self.inputs)?;
+        let bounds = ring_bounds(&self.inputs).map_err(AgentError::Plan)?;
+        let (floor, cap) = (bounds.start, bounds.cap);
         let reason = if change.added.is_empty() {
             ReplanReason::CpusOffline
         } else {
@@ -149,11 +132,11 @@ impl LiveTiers {
         };
         let old = self
             .plan
-            .get("events")
+            .get(EVENTS_MAP)
             .map(|r| (r.max_entries, r.bytes_floor))
             .unwrap_or_default();
         let new = new_plan
-            .get("events")
+            .get(EVENTS_MAP)
             .map(|r| (r.max_entries, r.bytes_floor))
             .unwrap_or_default();
         let needs_swap = new_plan.maps.iter().any(|row| {
@@ -163,7 +146,7 @@ impl LiveTiers {
         });
         if needs_swap {
             // CAP_BPF is kept permitted, not effective, after attach: raise it here.
-            if let Err(e) = crate::privileges::while_loading(|| {
+            if let Err(e) = capabilities::while_loading(|| {
                 session.replace(
                     &self.probe_config,
                     &new_plan,
@@ -186,7 +169,7 @@ impl LiveTiers {
         let record = ReplanRecord {
             time_s: self.started.elapsed().as_secs_f64(),
             reason,
-            map: "events",
+            map: EVENTS_MAP,
             old_entries: old.0,
             new_entries: new.0,
             old_bytes: old.1,

@@ -7,16 +7,16 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use kestrel_export::{build_exporter, Exporter};
+use kestrel::agent::{error_chain, host_info, Agent, Aggregate, Inputs, Window};
+use kestrel::config::Config;
+use kestrel::telemetry::{self, Shared};
+use kestrel_export::{build_exporter, write_atomic, Exporter};
+use kestrel_probes::{Counters, MapMemory};
 use kestrel_symbols::Symbols;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 
-use crate::config::Config;
-use crate::record::{
-    build_profile, monotonic_ns, poll_once, start_probes, symbols_config, Aggregate, Started,
-};
-use crate::telemetry::{self, Shared};
+use crate::cmd::with_cli_hint;
 
 /// Build every `[[exporters]]` entry; any error names the entry.
 pub fn build_exporters(config: &Config) -> Result<Vec<Box<dyn Exporter>>> {
@@ -25,7 +25,12 @@ pub fn build_exporters(config: &Config) -> Result<Vec<Box<dyn Exporter>>> {
         let mut table = entry.clone();
         let kind = match table.remove("kind") {
             Some(serde_json::Value::String(k)) => k,
-            _ => bail!("exporters[{i}] has no `kind`: set kind = \"otlp\", \"pprof_dir\" or \"folded_dir\""),
+            _ => bail!(
+                "exporters[{i}] has no `kind`: set kind to one of {}",
+                kestrel_export::exporter_kinds()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         let exporter = build_exporter(&kind, &serde_json::Value::Object(table))
             .with_context(|| format!("configuring exporters[{i}] (kind = {kind:?})"))?;
@@ -65,18 +70,12 @@ pub fn run(config: &Config) -> Result<ExitCode> {
 async fn agent(config: &Config) -> Result<()> {
     // Exporters first: a configuration error must not cost a BPF load.
     let mut exporters = build_exporters(config)?;
-    let Started {
-        mut session,
-        topology,
-        mut tiers,
-    } = start_probes(config)?;
-    let symbols = Symbols::new(symbols_config(config))
-        .await
-        .context("opening the symbol store")?;
+    let inputs = Inputs::from_config(config).map_err(with_cli_hint)?;
+    let mut agent = Agent::start(inputs).await.map_err(with_cli_hint)?;
     let shared: Shared = Default::default();
     // The first metric export must already show the BPF maps and exporters.
-    refresh_snapshot(&shared, &session, &symbols, &exporters, (0, 0));
-    let host = crate::record::host_info();
+    refresh_snapshot(&shared, &agent, &exporters, (0, 0));
+    let host = host_info();
     let _meter_provider = if config.telemetry.enabled {
         Some(telemetry::start(
             &config.telemetry,
@@ -89,29 +88,18 @@ async fn agent(config: &Config) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let scale = if config.off_cpu.probability > 0.0 {
-        1.0 / config.off_cpu.probability
-    } else {
-        1.0
-    };
-    let new_aggregate = || Aggregate {
-        off_cpu_scale: scale,
-        ..Aggregate::default()
-    };
-    let mut agg = new_aggregate();
-    let mut batch = Vec::new();
     let report_every = Duration::from_secs_f64(config.agent.report_interval_s);
     let mut next_report = Instant::now() + jittered(report_every, config.agent.report_jitter);
     let mut window_start = SystemTime::now();
     let mut window_started = Instant::now();
     let mut last_stats_log = Instant::now();
-    let mut ticker = tokio::time::interval(config.sampling.poll_interval());
+    let mut ticker = tokio::time::interval(agent.inputs().poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut totals = (0u64, 0u64); // (samples, off-CPU waits) over the whole run
     info!(
         exporters = exporters.len(),
         report_interval_s = config.agent.report_interval_s,
-        online_cpus = topology.online.len(),
+        online_cpus = agent.inputs().topology().online.len(),
         "agent running"
     );
 
@@ -121,27 +109,24 @@ async fn agent(config: &Config) -> Result<()> {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
         }
-        if let Err(e) = poll_once(&mut session, &mut tiers, &mut batch, &mut agg, &symbols) {
-            warn!(error = %format!("{e:#}"), "draining the ring buffer failed; retrying next poll");
+        if let Err(e) = agent.poll() {
+            warn!(error = %error_chain(&e), "draining the ring buffer failed; retrying next poll");
         }
         if Instant::now() >= next_report {
-            let done = std::mem::replace(&mut agg, new_aggregate());
+            let done = agent.take_window();
             totals.0 += done.on_cpu_received;
             totals.1 += done.off_cpu_waits;
-            report(
-                config,
-                &done,
-                &symbols,
-                window_start,
-                window_started.elapsed(),
-                &mut exporters,
-            )
-            .await;
-            forget_exited(&symbols, &done);
+            let window = Window {
+                start: window_start,
+                duration: window_started.elapsed(),
+            };
+            let profile = agent.profile(&done, window).await;
+            report(&profile, &done, &mut exporters);
+            agent.forget_exited(&done);
             window_start = SystemTime::now();
             window_started = Instant::now();
             next_report = Instant::now() + jittered(report_every, config.agent.report_jitter);
-            refresh_snapshot(&shared, &session, &symbols, &exporters, totals);
+            refresh_snapshot(&shared, &agent, &exporters, totals);
             write_stats_file(&config.agent.stats_file, &shared);
         }
         if config.agent.stats_log_interval_s > 0.0
@@ -149,13 +134,12 @@ async fn agent(config: &Config) -> Result<()> {
                 >= Duration::from_secs_f64(config.agent.stats_log_interval_s)
         {
             last_stats_log = Instant::now();
-            refresh_snapshot(
-                &shared,
-                &session,
-                &symbols,
-                &exporters,
-                (totals.0 + agg.on_cpu_received, totals.1 + agg.off_cpu_waits),
+            let current = agent.aggregate();
+            let running = (
+                totals.0 + current.on_cpu_received,
+                totals.1 + current.off_cpu_waits,
             );
+            refresh_snapshot(&shared, &agent, &exporters, running);
             let s = telemetry::read(&shared);
             info!(
                 samples_received = s.samples_received,
@@ -174,27 +158,24 @@ async fn agent(config: &Config) -> Result<()> {
     info!(signal = stop_reason, "stopping: flushing the last report");
     let deadline = Duration::from_secs_f64(config.agent.shutdown_deadline_s);
     let flush_started = Instant::now();
-    if let Err(e) = poll_once(&mut session, &mut tiers, &mut batch, &mut agg, &symbols) {
-        warn!(error = %format!("{e:#}"), "last drain failed");
-    }
-    let mut in_flight = Vec::new();
-    session.flush_in_flight(monotonic_ns(), &mut in_flight);
-    for s in in_flight {
-        agg.add(s);
-    }
-    totals.0 += agg.on_cpu_received;
-    totals.1 += agg.off_cpu_waits;
-    refresh_snapshot(&shared, &session, &symbols, &exporters, totals);
-    drop(session);
-    report(
-        config,
-        &agg,
-        &symbols,
-        window_start,
-        window_started.elapsed(),
-        &mut exporters,
-    )
-    .await;
+    let finished = agent.finish();
+    totals.0 += finished.aggregate.on_cpu_received;
+    totals.1 += finished.aggregate.off_cpu_waits;
+    update_snapshot(
+        &shared,
+        finished.counters,
+        &finished.maps,
+        &finished.symbols,
+        &exporters,
+        totals,
+    );
+    let profile = finished
+        .profile(Window {
+            start: window_start,
+            duration: window_started.elapsed(),
+        })
+        .await;
+    report(&profile, &finished.aggregate, &mut exporters);
     for exporter in &mut exporters {
         let left = deadline.saturating_sub(flush_started.elapsed());
         if let Err(e) = exporter.shutdown(left) {
@@ -203,7 +184,7 @@ async fn agent(config: &Config) -> Result<()> {
     }
     refresh_exports(&shared, &exporters);
     write_stats_file(&config.agent.stats_file, &shared);
-    if let Err(e) = symbols.close().await {
+    if let Err(e) = finished.symbols.close().await {
         warn!(error = %e, "closing the symbol store");
     }
     info!(
@@ -214,26 +195,10 @@ async fn agent(config: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn report(
-    config: &Config,
-    agg: &Aggregate,
-    symbols: &Symbols,
-    start: SystemTime,
-    duration: Duration,
-    exporters: &mut [Box<dyn Exporter>],
-) {
-    let profile = build_profile(
-        agg,
-        symbols,
-        start,
-        duration,
-        config.sampling.frequency_hz,
-        config.off_cpu.probability > 0.0,
-    )
-    .await;
+fn report(profile: &kestrel_model::Profile, agg: &Aggregate, exporters: &mut [Box<dyn Exporter>]) {
     for exporter in exporters.iter_mut() {
         // Each exporter on its own: one failing must not starve the others.
-        if let Err(e) = exporter.export(&profile) {
+        if let Err(e) = exporter.export(profile) {
             warn!(exporter = exporter.name(), error = %e, "export failed; the next report is unaffected");
         }
     }
@@ -245,18 +210,6 @@ async fn report(
         off_cpu_waits = agg.off_cpu_waits,
         "report sent to exporters"
     );
-}
-
-/// Processes that have exited are symbolized for this report and then dropped;
-/// of those that live on after an exec, the images the exec replaced are.
-fn forget_exited(symbols: &Symbols, agg: &Aggregate) {
-    for pid in agg.pids_seen() {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            symbols.forget_process(pid);
-        } else {
-            symbols.forget_older_images(pid);
-        }
-    }
 }
 
 static REPORTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -273,13 +226,28 @@ fn refresh_exports(shared: &Shared, exporters: &[Box<dyn Exporter>]) {
 
 fn refresh_snapshot(
     shared: &Shared,
-    session: &kestrel_probes::Session,
+    agent: &Agent,
+    exporters: &[Box<dyn Exporter>],
+    totals: (u64, u64),
+) {
+    update_snapshot(
+        shared,
+        agent.counters().ok(),
+        &agent.map_memory(),
+        agent.symbols(),
+        exporters,
+        totals,
+    );
+}
+
+fn update_snapshot(
+    shared: &Shared,
+    counters: Option<Counters>,
+    maps: &[MapMemory],
     symbols: &Symbols,
     exporters: &[Box<dyn Exporter>],
     totals: (u64, u64),
 ) {
-    let counters = session.counters().ok();
-    let maps = session.map_memory();
     let store = symbols.stats();
     telemetry::update(shared, |s| {
         s.samples_received = totals.0;
@@ -306,7 +274,7 @@ fn write_stats_file(path: &Path, shared: &Shared) {
     let snapshot = telemetry::read(shared);
     match serde_json::to_vec_pretty(&snapshot) {
         Ok(bytes) => {
-            if let Err(e) = crate::record::write_atomic(path, &bytes) {
+            if let Err(e) = write_atomic(path, &bytes) {
                 warn!(path = %path.display(), error = %format!("{e:#}"), "writing the stats file failed");
             }
         }
