@@ -24,7 +24,7 @@ fn main() {
         ];
     }
     println!(
-        "| file | FDEs | rows | stored rows | rules | Kestrel B (B/row) | lightswitch B | reference agent B (B/row) | build ms |"
+        "| file | FDEs | rows (no gap fill) | Kestrel stored rows | rules | Kestrel B (B/row; B/stored row) | lightswitch B | reference agent B (B/row) | build ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for path in files {
@@ -51,7 +51,9 @@ fn main() {
             }
             None => continue,
         };
-        let rows = b.stats.rows;
+        // Peers are charged on the rows they would store: one per gap, padding
+        // included (Kestrel fills padding gaps and stores fewer).
+        let rows = b.stats.rows_without_gap_fill;
         let pages = b.table.pages().len().saturating_sub(1);
         let rules = b.table.rules().len();
         let ours = b.table.bytes();
@@ -59,7 +61,7 @@ fn main() {
         let reference = rows * REF_ROW + pages * REF_PAGE + rules * REF_RULE;
         let per = |n: usize| n as f64 / rows.max(1) as f64;
         println!(
-            "| {} | {} | {} | {} | {} | {} ({:.2}) | {} | {} ({:.2}) | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} ({:.2}; {:.2}) | {} | {} ({:.2}) | {:.1} |",
             path.rsplit('/').next().unwrap_or(&path),
             b.stats.fdes + b.stats.debug_frame_fdes,
             rows,
@@ -67,6 +69,7 @@ fn main() {
             rules,
             ours,
             per(ours),
+            b.table.bytes_per_row(),
             ls,
             reference,
             per(reference),

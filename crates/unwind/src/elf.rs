@@ -18,6 +18,11 @@ const RBP: Register = gimli::X86_64::RBP;
 const RSP: Register = gimli::X86_64::RSP;
 const RA: Register = gimli::X86_64::RA;
 const PF_X: u32 = 1;
+/// A gap between two described ranges shorter than this is alignment padding
+/// between functions (compilers align functions to 16 bytes): no pc executes
+/// there, and a return address is looked up at `pc - 1`, inside the caller. The
+/// previous rule is extended over it instead of spending a "no rule" row.
+pub const PADDING_GAP: u64 = 16;
 
 /// An executable `PT_LOAD` segment: the part of the file mapped with execute
 /// permission, which is where every address of an unwind table lies.
@@ -70,11 +75,16 @@ pub struct BuildStats {
     /// Errors that stopped reading a section early (a malformed entry header:
     /// the rest of that section cannot be found).
     pub section_errors: usize,
+    /// Gaps shorter than [`PADDING_GAP`] covered by the previous rule.
+    pub gaps_filled: usize,
     /// Rows as gimli evaluated them, before merging.
     pub cfi_rows: usize,
     /// Rows after merging equal neighbours (including rows that start a range
     /// without information); the count the format comparisons use.
     pub rows: usize,
+    /// What `rows` would be with a "no rule" row for every gap (as formats
+    /// without padding filling store them): the fair base for comparisons.
+    pub rows_without_gap_fill: usize,
     /// Rows of each marked kind, after merging.
     pub plt_rows: usize,
     pub signal_rows: usize,
@@ -162,18 +172,10 @@ pub fn build(elf: &[u8]) -> Result<Built, BuildError> {
         }
     }
 
-    // Sweep the ranges into rows: a gap starts a "no rule" row, and on overlap
-    // (bad input only) the later-starting range takes over.
     intervals.sort_by_key(|i| i.start);
-    let mut rows: Vec<Row> = Vec::with_capacity(intervals.len());
-    let mut end = 0u64;
-    for iv in &intervals {
-        if !rows.is_empty() && iv.start > end {
-            push_merged(&mut rows, end, None);
-        }
-        push_merged(&mut rows, iv.start, Some(iv.rule.canonical()));
-        end = iv.end;
-    }
+    let (rows, end, gaps_filled) = sweep(&intervals, true);
+    stats.gaps_filled = gaps_filled;
+    stats.rows_without_gap_fill = sweep(&intervals, false).0.len() + usize::from(!rows.is_empty());
     for r in &rows {
         match r.rule {
             Some(UnwindRule::Plt { .. }) => stats.plt_rows += 1,
@@ -190,6 +192,27 @@ pub fn build(elf: &[u8]) -> Result<Built, BuildError> {
         stats,
         segments,
     })
+}
+
+/// Sweeps sorted ranges into rows: a gap starts a "no rule" row (unless `fill`
+/// and it is padding), and on overlap (bad input only) the later-starting range
+/// takes over. Returns the rows, the end of the last range, and the gaps filled.
+fn sweep(intervals: &[Interval], fill: bool) -> (Vec<Row>, u64, usize) {
+    let mut rows: Vec<Row> = Vec::with_capacity(intervals.len());
+    let mut end = 0u64;
+    let mut filled = 0;
+    for iv in intervals {
+        if !rows.is_empty() && iv.start > end {
+            if fill && iv.start - end < PADDING_GAP {
+                filled += 1;
+            } else {
+                push_merged(&mut rows, end, None);
+            }
+        }
+        push_merged(&mut rows, iv.start, Some(iv.rule.canonical()));
+        end = iv.end;
+    }
+    (rows, end, filled)
 }
 
 /// One gimli row's range, already in file offsets, with its FDE's range in

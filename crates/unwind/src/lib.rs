@@ -46,7 +46,9 @@ pub mod unwinder;
 use std::path::PathBuf;
 
 pub use cache::{DiskCache, MAX_KEY_BYTES};
-pub use elf::{build, file_offset_of_vaddr, vaddr_of_file_offset, BuildStats, Built, ExecSegment};
+pub use elf::{
+    build, file_offset_of_vaddr, vaddr_of_file_offset, BuildStats, Built, ExecSegment, PADDING_GAP,
+};
 pub use rule::{CfaBase, RawRule, RbpRule, Unsupported, UnwindRule};
 pub use serial::{FORMAT_VERSION, MAGIC};
 pub use table::{
