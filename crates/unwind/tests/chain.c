@@ -2,7 +2,9 @@
  * the reference-unwinder test. Mode "stop": the child asks to be traced and
  * raises SIGSTOP, so the leaf is inside libc. Mode "spin": the leaf loops
  * forever (a noreturn call: its return address is past level3's end) until the
- * test attaches. level2_frame uses alloca, so gcc gives it an rbp frame. */
+ * test attaches. Mode "signal": level3 raises SIGUSR1 and the handler stops in
+ * leaf_stop, so the walk crosses the kernel's signal frame (glibc's
+ * __restore_rt). level2_frame uses alloca, so gcc gives it an rbp frame. */
 #include <alloca.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,32 +23,45 @@ __attribute__((noinline)) int leaf_stop(void) {
     return sink;
 }
 
-__attribute__((noinline)) int level3(int n, int stop) {
+__attribute__((noinline)) void on_usr1(int sig) {
+    sink += leaf_stop() + sig;
+}
+
+/* mode 0: spin, 1: stop, 2: signal */
+__attribute__((noinline)) int level3(int n, int mode) {
     volatile char buf[64];
     buf[n & 63] = (char)n;
-    if (!stop)
+    if (mode == 0)
         leaf_spin();
+    if (mode == 2)
+        return raise(SIGUSR1) + buf[(n + 1) & 63];
     return leaf_stop() + buf[(n + 1) & 63];
 }
 
-__attribute__((noinline)) int level2_frame(int n, int stop) {
+__attribute__((noinline)) int level2_frame(int n, int mode) {
     char *p = alloca((unsigned)n + 16);
     memset(p, n, (unsigned)n + 16);
-    int r = level3(n, stop);
+    int r = level3(n, mode);
     return r + p[n];
 }
 
-__attribute__((noinline)) int level1(int n, int stop) {
-    int r = level2_frame(n + 1, stop);
+__attribute__((noinline)) int level1(int n, int mode) {
+    int r = level2_frame(n + 1, mode);
     sink += r;
     return r * 3;
 }
 
 int main(int argc, char **argv) {
-    int stop = argc > 1 && argv[1][0] == 's' && argv[1][1] == 't';
-    if (stop)
+    int mode = 1;
+    if (argc > 1 && strcmp(argv[1], "spin") == 0)
+        mode = 0;
+    if (argc > 1 && strcmp(argv[1], "signal") == 0) {
+        mode = 2;
+        signal(SIGUSR1, on_usr1);
+    }
+    if (mode != 0)
         ptrace(PTRACE_TRACEME, 0, 0, 0);
-    int r = level1(argc, stop);
+    int r = level1(argc, mode);
     printf("%d\n", r);
     return 0;
 }

@@ -170,6 +170,8 @@ fn compile_chain(dir: &Path, extra: &[&str]) -> PathBuf {
     exe
 }
 
+type Frame = (String, String, Option<UnwindRule>);
+
 struct Mapping {
     start: u64,
     end: u64,
@@ -197,8 +199,9 @@ fn executable_mappings(pid: i32) -> Vec<Mapping> {
 }
 
 /// Unwinds the stopped process with tables built from its mapped files and names
-/// every frame from the files' symbol tables.
-fn unwind_and_name(pid: i32, regs: Regs) -> (Vec<(String, String)>, End) {
+/// every frame from the files' symbol tables: (file name, function, the rule
+/// at the frame's lookup address).
+fn unwind_and_name(pid: i32, regs: Regs) -> (Vec<Frame>, End) {
     let maps = executable_mappings(pid);
     let mut files: HashMap<String, (Vec<u8>, Built)> = HashMap::new();
     for m in &maps {
@@ -227,7 +230,7 @@ fn unwind_and_name(pid: i32, regs: Regs) -> (Vec<(String, String)>, End) {
         .map(|(i, pc)| {
             let at = if i == 0 { *pc } else { pc - 1 };
             let Some(m) = mapping_of(at) else {
-                return ("?".into(), format!("{pc:#x}"));
+                return ("?".into(), format!("{pc:#x}"), None);
             };
             let (bytes, b) = &files[&m.path];
             let vaddr = vaddr_of_file_offset(&b.segments, at - m.start + m.pgoff).unwrap();
@@ -237,7 +240,7 @@ fn unwind_and_name(pid: i32, regs: Regs) -> (Vec<(String, String)>, End) {
                 .map(|f| f.2)
                 .unwrap_or_else(|| format!("{vaddr:#x}"));
             let file = m.path.rsplit('/').next().unwrap_or("").to_string();
-            (file, name)
+            (file, name, b.table.lookup(at - m.start + m.pgoff))
         })
         .collect();
     (names, end)
@@ -263,17 +266,18 @@ fn regs_of(pid: Pid) -> Regs {
     }
 }
 
-fn assert_chain(names: &[(String, String)], end: End, leaf: &str) {
+fn assert_chain(names: &[Frame], end: End, leaf: &[&str]) {
     let ours: Vec<&str> = names
         .iter()
-        .filter(|(f, _)| f == "chain")
-        .map(|(_, n)| n.as_str())
+        .filter(|(f, _, _)| f == "chain")
+        .map(|(_, n, _)| n.as_str())
         .collect();
-    assert_eq!(
-        ours,
-        [leaf, "level3", "level2_frame", "level1", "main", "_start"],
-        "{names:?}"
-    );
+    let expected: Vec<&str> = leaf
+        .iter()
+        .copied()
+        .chain(["level3", "level2_frame", "level1", "main", "_start"])
+        .collect();
+    assert_eq!(ours, expected, "{names:?}");
     assert_eq!(end, End::Complete, "{names:?}");
 }
 
@@ -315,7 +319,7 @@ fn unwind_stopped_chain(flags: &[&str]) {
     let (names, end) = unwind_and_name(pid.as_raw(), regs_of(pid));
     eprintln!("{names:?} {end:?}");
     assert_eq!(names[0].0, "libc.so.6", "{names:?}");
-    assert_chain(&names, end, "leaf_stop");
+    assert_chain(&names, end, &["leaf_stop"]);
     drop(child);
 }
 
@@ -339,10 +343,51 @@ fn unwinds_a_live_stack_interrupted_in_a_loop() {
         let status = waitpid(pid, Some(WaitPidFlag::__WALL)).unwrap();
         assert!(matches!(status, WaitStatus::Stopped(_, _)), "{status:?}");
         let (names, end) = unwind_and_name(pid.as_raw(), regs_of(pid));
-        assert_chain(&names, end, "leaf_spin");
+        assert_chain(&names, end, &["leaf_spin"]);
         assert_eq!(names.len(), 8, "{names:?}");
         ptrace::detach(pid, None).unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
+    drop(child);
+}
+
+/// Across a signal frame: the handler stops in `leaf_stop`; below it the kernel's
+/// frame (glibc's `__restore_rt`, a signal-frame rule), then `raise` interrupted
+/// at an exact pc, then the program's chain.
+#[test]
+fn unwinds_a_live_stack_across_a_signal_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile_chain(dir.path(), &[]);
+    let child = KillOnDrop(
+        Command::new(&exe)
+            .arg("signal")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = Pid::from_raw(child.0.id() as i32);
+    // A tracee stops for each signal; pass SIGUSR1 on to run the handler.
+    let status = waitpid(pid, None).unwrap();
+    assert!(
+        matches!(status, WaitStatus::Stopped(_, Signal::SIGUSR1)),
+        "{status:?}"
+    );
+    ptrace::cont(pid, Signal::SIGUSR1).unwrap();
+    let status = waitpid(pid, None).unwrap();
+    assert!(
+        matches!(status, WaitStatus::Stopped(_, Signal::SIGSTOP)),
+        "{status:?}"
+    );
+    let (names, end) = unwind_and_name(pid.as_raw(), regs_of(pid));
+    eprintln!("{names:?} {end:?}");
+    assert_chain(&names, end, &["leaf_stop", "on_usr1"]);
+    // The frame right above the handler is libc's signal trampoline.
+    let handler = names.iter().position(|n| n.1 == "on_usr1").unwrap();
+    assert_eq!(names[handler + 1].0, "libc.so.6", "{names:?}");
+    assert_eq!(
+        names[handler + 1].2,
+        Some(UnwindRule::SignalFrame),
+        "{names:?}"
+    );
     drop(child);
 }
