@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::table::Table;
@@ -12,6 +13,7 @@ use crate::CacheError;
 
 const SUFFIX: &str = ".kut";
 const TEMP_PREFIX: &str = ".tmp-";
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 /// Longest key accepted: a GNU build ID is at most 64 bytes in practice here.
 pub const MAX_KEY_BYTES: usize = 64;
 
@@ -80,9 +82,12 @@ impl DiskCache {
         if bytes.len() as u64 > self.max_bytes {
             return Ok(false);
         }
+        // Unique per process and per call, so concurrent writers of one key
+        // never share a temporary file; the last rename wins whole.
         let tmp = self.dir.join(format!(
-            "{TEMP_PREFIX}{}-{}",
+            "{TEMP_PREFIX}{}-{}-{}",
             std::process::id(),
+            NEXT_TEMP.fetch_add(1, Ordering::Relaxed),
             hex::encode(key)
         ));
         let write = || -> std::io::Result<()> {
