@@ -287,11 +287,11 @@ pub fn start_probes(config: &Config) -> Result<Started> {
         Topology::detect().context("detecting the CPU topology from /sys/devices/system/cpu")?;
     let probe_config = probe_config(config);
     let hook =
-        choose_off_cpu_hook(&probe_config, &features).context("choosing the off-CPU hook")?;
+        choose_off_cpu_hook(&probe_config, &features).context("choosing the off-CPU hook (set off_cpu.hook = \"auto\", or off_cpu.probability = 0 to profile on-CPU only; `kestrel check` shows what this kernel allows)")?;
     let inputs = plan_cmd::inputs(config, topology.clone(), plan_cmd::off_cpu_state(hook));
     let map_plan = plan(&inputs).context("computing the BPF map plan")?;
     let session = Session::start(&probe_config, &map_plan, &features, &topology.online)
-        .context("starting the BPF probes")?;
+        .context("starting the BPF probes (`kestrel check` shows what this kernel refuses)")?;
     let tiers = LiveTiers::new(config, inputs, map_plan, features, probe_config)?;
     crate::privileges::drop_after_attach(crate::privileges::Reload::Possible);
     Ok(Started {
