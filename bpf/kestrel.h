@@ -2,10 +2,14 @@
 /*
  * Records shared between Kestrel's BPF programs and user space.
  *
- * The layouts are fixed-size and naturally aligned so that the Rust side can parse
- * them with plain little-endian reads; `kestrel-probes` asserts at test time that
- * the sizes below equal the constants of `kestrel-sizing` (RECORD_HEADER_BYTES,
- * WAKE_RECORD_BYTES, RODATA_BYTES, KESTREL_NUM_COUNTERS).
+ * This header is the one source of the C/Rust boundary. libbpf-cargo generates
+ * a Rust type for each struct and enum below into the skeleton's `types` module
+ * (every one is named by a variable of the object, see the end of this file),
+ * and `kestrel-probes` reads records, counters and `.rodata` through those
+ * generated types only. The layouts are fixed-size and naturally aligned; the
+ * sizes `kestrel-sizing` plans with (RECORD_HEADER_BYTES, WAKE_RECORD_BYTES,
+ * RODATA_BYTES, NUM_COUNTERS...) are asserted below and, against the generated
+ * types, by `kestrel-probes`' unit tests.
  */
 #ifndef KESTREL_H
 #define KESTREL_H
@@ -100,11 +104,28 @@ struct kestrel_config {
 	__u32 reserved[7];
 };
 
-/* The Rust side (kestrel-sizing, kestrel-probes::record) relies on these sizes. */
+/*
+ * One variable of each boundary type that no map or global names otherwise, in
+ * a section libbpf skips ("skipping unrecognized data section": not .data,
+ * .rodata or .bss, so no map is created and nothing reaches the kernel but
+ * BTF). Clang emits BTF only for types that variables, maps or function
+ * signatures use; these make it describe the wake record and the enums too, so
+ * libbpf-cargo generates them. Only kestrel.bpf.c includes this header.
+ */
+#define KESTREL_ABI __attribute__((section(".kestrel_abi"), used))
+KESTREL_ABI struct kestrel_wake kestrel_abi_wake = {};
+KESTREL_ABI enum kestrel_record_kind kestrel_abi_record_kind = RECORD_ON_CPU;
+KESTREL_ABI enum kestrel_record_flags kestrel_abi_record_flags = FLAG_KERNEL_STACK_ERROR;
+KESTREL_ABI enum kestrel_counter kestrel_abi_counter = COUNTER_ON_CPU_SEEN;
+
+/* kestrel-sizing plans with these sizes (its own constants, tested against the
+ * generated types by kestrel-probes). */
 _Static_assert(sizeof(struct kestrel_sample_header) == 48, "RECORD_HEADER_BYTES");
 _Static_assert(sizeof(struct kestrel_wake) == 32, "WAKE_RECORD_BYTES");
 _Static_assert(sizeof(struct kestrel_config) == 64, "RODATA_BYTES");
 _Static_assert(sizeof(struct kestrel_sample) == 48 + 2 * 127 * 8, "RECORD_MAX_BYTES");
 _Static_assert(KESTREL_NUM_COUNTERS == 16, "NUM_COUNTERS");
+/* User space reads KESTREL_NUM_COUNTERS slots: the highest counter must be below it. */
+_Static_assert(COUNTER_OFF_CPU_MISSED_WAKE < KESTREL_NUM_COUNTERS, "counter past the map");
 
 #endif /* KESTREL_H */

@@ -7,6 +7,7 @@
 //! Probes are plugins: each implements [`Probe`] in its own module and is listed
 //! once in [`REGISTRY`].
 
+mod abi;
 mod bpf;
 pub mod features;
 mod off_cpu;
@@ -21,7 +22,7 @@ use thiserror::Error;
 
 pub use features::{KernelFeatures, OffCpuHook, Outcome};
 pub use record::{RawSample, SampleKind};
-pub use session::{Counters, CpuChange, MapMemory, Session};
+pub use session::{Counters, CpuChange, MapMemory, Session, OFF_CPU_IN_FLIGHT_COUNTER};
 
 /// What the probes are asked to do; validated by the binary's configuration.
 #[derive(Debug, Clone)]
@@ -55,12 +56,27 @@ impl Default for ProbeConfig {
     }
 }
 
+/// What can go wrong while loading, attaching and running the probes.
 #[derive(Debug, Error)]
 pub enum ProbeError {
     #[error("opening Kestrel's BPF object failed: {0}")]
     Open(#[source] libbpf_rs::Error),
-    #[error("loading Kestrel's BPF programs failed: {0}; run `kestrel check` to see what this kernel refuses")]
-    Load(String),
+    #[error(
+        "loading Kestrel's BPF programs failed: {}; KernelFeatures::probe() tells which \
+         program and map types this kernel refuses",
+        features::explain_load_error(.0)
+    )]
+    Load(#[source] libbpf_rs::Error),
+    #[error(
+        "the BPF object has no .rodata section to hold its configuration: it was not \
+         built from bpf/kestrel.bpf.c"
+    )]
+    NoRodata,
+    #[error(
+        "the BPF object's .rodata is {found} bytes but this library writes {expected}: \
+         the object and the library were built from different versions of bpf/kestrel.h"
+    )]
+    RodataSize { found: usize, expected: usize },
     #[error("sizing map `{map}` failed: {source}")]
     Size {
         map: String,
@@ -69,17 +85,34 @@ pub enum ProbeError {
     },
     #[error("the sizing plan has no row for map `{0}`, which an enabled probe needs; this is a bug in kestrel-sizing")]
     MissingPlanRow(String),
-    #[error("opening the cpu-clock perf event on CPU {cpu} failed: {source}; run `kestrel check`")]
+    #[error("opening the cpu-clock perf event on CPU {cpu} failed: {source}")]
     PerfEvent {
         cpu: u32,
         #[source]
         source: std::io::Error,
     },
-    #[error("attaching program `{program}` failed: {detail}; run `kestrel check`")]
-    Attach { program: String, detail: String },
-    #[error("off-CPU profiling needs tp_btf or raw_tp on sched_switch and this kernel refuses both; set off_cpu.probability = 0 or run `kestrel check`")]
+    #[error("the loaded BPF object has no program `{0}`")]
+    MissingProgram(&'static str),
+    #[error(
+        "attaching program `{program}`{} failed: {source}",
+        cpu.map(|c| format!(" on CPU {c}")).unwrap_or_default()
+    )]
+    Attach {
+        program: &'static str,
+        /// The CPU, for programs attached once per CPU.
+        cpu: Option<u32>,
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    #[error(
+        "off-CPU profiling needs a tp_btf or raw_tp program on sched_switch and this kernel \
+         refuses both; set ProbeConfig::off_cpu_probability to 0 to profile on-CPU only"
+    )]
     NoOffCpuHook,
-    #[error("off_cpu.hook = {0} was asked for but this kernel refuses it; use \"auto\" or see `kestrel check`")]
+    #[error(
+        "the off-CPU hook {0} was asked for (ProbeConfig::off_cpu_hook) but this kernel \
+         refuses it; leave off_cpu_hook unset to use the best hook the kernel allows"
+    )]
     OffCpuHookRefused(&'static str),
     #[error("BPF map operation on `{map}` failed: {source}")]
     Map {
@@ -88,7 +121,7 @@ pub enum ProbeError {
         source: libbpf_rs::Error,
     },
     #[error("reading the online CPUs failed: {0}")]
-    Topology(String),
+    Topology(#[source] kestrel_sizing::SizingError),
 }
 
 /// A sampling or tracing probe: which programs of the shared object it needs and

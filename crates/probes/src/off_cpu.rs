@@ -44,13 +44,11 @@ impl Probe for OffCpuProbe {
             let program = object
                 .progs_mut()
                 .find(|p| p.name() == name)
-                .ok_or_else(|| ProbeError::Attach {
-                    program: name.into(),
-                    detail: "not in the loaded object".into(),
-                })?;
-            let link = program.attach().map_err(|e| ProbeError::Attach {
-                program: name.into(),
-                detail: e.to_string(),
+                .ok_or(ProbeError::MissingProgram(name))?;
+            let link = program.attach().map_err(|source| ProbeError::Attach {
+                program: name,
+                cpu: None,
+                source,
             })?;
             self.links.push(link);
         }

@@ -32,20 +32,18 @@ impl OnCpuProbe {
         let program = object
             .progs_mut()
             .find(|p| p.name() == PROGRAM)
-            .ok_or_else(|| ProbeError::Attach {
-                program: PROGRAM.into(),
-                detail: "not in the loaded object".into(),
-            })?;
+            .ok_or(ProbeError::MissingProgram(PROGRAM))?;
         let fd = open_cpu_clock(cpu, self.frequency_hz)
             .map_err(|source| ProbeError::PerfEvent { cpu, source })?;
         // libbpf's perf link takes ownership of the event fd and closes it on drop.
         let raw = std::os::fd::IntoRawFd::into_raw_fd(fd);
-        let link = program.attach_perf_event(raw).map_err(|e| {
+        let link = program.attach_perf_event(raw).map_err(|source| {
             // SAFETY: the attach failed, so libbpf did not take the fd; we still own it.
             drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) });
             ProbeError::Attach {
-                program: PROGRAM.into(),
-                detail: format!("CPU {cpu}: {e}"),
+                program: PROGRAM,
+                cpu: Some(cpu),
+                source,
             }
         })?;
         self.links.insert(cpu, link);

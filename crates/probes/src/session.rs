@@ -9,8 +9,10 @@ use libbpf_rs::{MapCore, MapFlags, MapType, Object, ObjectBuilder, RingBuffer, R
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::abi::bytes_of;
+use crate::bpf::skel::types::{kestrel_config, kestrel_counter as Counter, rodata};
 use crate::bpf::KESTREL_OBJECT;
-use crate::features::{explain_load_error, KernelFeatures, OffCpuHook};
+use crate::features::{KernelFeatures, OffCpuHook};
 use crate::record::{parse_record, RawSample, Record, SampleKind};
 use crate::{Probe, ProbeConfig, ProbeError, REGISTRY};
 
@@ -19,7 +21,16 @@ use crate::{Probe, ProbeConfig, ProbeError, REGISTRY};
 /// bound.
 const MAX_PENDING_BLOCKS: usize = 65_536;
 
-/// The BPF counters (`enum counter` in kestrel.h) and the drain's own.
+/// Key of the off-CPU in-flight gauge in the BPF `counters` map
+/// (`COUNTER_OFF_CPU_IN_FLIGHT` of `enum kestrel_counter`), for readers of the
+/// map from outside the process; [`Counters::off_cpu_in_flight`] is the same
+/// value read through a session.
+pub const OFF_CPU_IN_FLIGHT_COUNTER: u32 = Counter::COUNTER_OFF_CPU_IN_FLIGHT.0;
+
+/// Slots of the `counters` map.
+const NUM_COUNTERS: usize = Counter::KESTREL_NUM_COUNTERS.0 as usize;
+
+/// The BPF counters (`enum kestrel_counter` in kestrel.h) and the drain's own.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct Counters {
     pub on_cpu_seen: u64,
@@ -97,29 +108,23 @@ impl CpuChange {
     }
 }
 
-/// Encodes `struct kestrel_config` (kestrel.h) for `.rodata`.
-fn encode_config(config: &ProbeConfig, hook: Option<OffCpuHook>) -> [u8; 64] {
-    let mut b = [0u8; 64];
+/// The `.rodata` configuration (`struct kestrel_config` of kestrel.h).
+fn encode_config(config: &ProbeConfig, hook: Option<OffCpuHook>) -> kestrel_config {
     let p = config.off_cpu_probability.clamp(0.0, 1.0);
     // p × (2^32 − 1), compared with `<=` against bpf_get_prandom_u32(): p = 1 takes
     // every switch. p > 0 but tiny rounds to threshold 0, which still takes 1 in 2^32.
     let threshold = (p * f64::from(u32::MAX)).round() as u32;
-    let self_tgid = std::process::id();
-    let min_ns = u64::try_from(config.off_cpu_min_duration.as_nanos()).unwrap_or(u64::MAX);
-    b[0..4].copy_from_slice(&self_tgid.to_le_bytes());
-    b[4..8].copy_from_slice(&u32::from(config.profile_self).to_le_bytes());
-    b[8..12].copy_from_slice(&u32::from(!config.pids.is_empty()).to_le_bytes());
-    b[12..16].copy_from_slice(
-        &config
-            .stack_depth
-            .clamp(1, kestrel_sizing::MAX_STACK_DEPTH)
-            .to_le_bytes(),
-    );
-    b[16..20].copy_from_slice(&u32::from(hook.is_some()).to_le_bytes());
-    b[20..24].copy_from_slice(&threshold.to_le_bytes());
-    b[24..32].copy_from_slice(&min_ns.to_le_bytes());
-    b[32..36].copy_from_slice(&u32::from(hook == Some(OffCpuHook::TpBtfTaskStorage)).to_le_bytes());
-    b
+    kestrel_config {
+        self_tgid: std::process::id(),
+        profile_self: u32::from(config.profile_self),
+        filter_pids: u32::from(!config.pids.is_empty()),
+        stack_depth: config.stack_depth.clamp(1, kestrel_sizing::MAX_STACK_DEPTH),
+        off_cpu_enabled: u32::from(hook.is_some()),
+        off_cpu_threshold: threshold,
+        off_cpu_min_ns: u64::try_from(config.off_cpu_min_duration.as_nanos()).unwrap_or(u64::MAX),
+        off_cpu_task_storage: u32::from(hook == Some(OffCpuHook::TpBtfTaskStorage)),
+        ..kestrel_config::default()
+    }
 }
 
 /// libbpf names the .rodata map `<object>.rodata`; the plan calls it `rodata`.
@@ -177,18 +182,18 @@ impl Session {
         for mut map in open.maps_mut() {
             let name = map.name().to_string_lossy().into_owned();
             if name.ends_with(".rodata") {
-                let bytes = encode_config(config, off_cpu_hook);
-                let value = map
-                    .initial_value_mut()
-                    .ok_or_else(|| ProbeError::Load(".rodata has no initial value".into()))?;
+                let section = rodata {
+                    CONFIG: encode_config(config, off_cpu_hook),
+                };
+                let bytes = bytes_of(&section);
+                let value = map.initial_value_mut().ok_or(ProbeError::NoRodata)?;
                 if value.len() != bytes.len() {
-                    return Err(ProbeError::Load(format!(
-                        ".rodata is {} bytes but this binary writes {}: the BPF object and binary disagree",
-                        value.len(),
-                        bytes.len()
-                    )));
+                    return Err(ProbeError::RodataSize {
+                        found: value.len(),
+                        expected: bytes.len(),
+                    });
                 }
-                value.copy_from_slice(&bytes);
+                value.copy_from_slice(bytes);
                 continue;
             }
             match plan.get(plan_name(&name)) {
@@ -220,9 +225,7 @@ impl Session {
                 return Err(ProbeError::MissingPlanRow(name.into()));
             }
         }
-        let object = open
-            .load()
-            .map_err(|e| ProbeError::Load(explain_load_error(&e)))?;
+        let object = open.load().map_err(ProbeError::Load)?;
 
         if !config.pids.is_empty() {
             let filter = object
@@ -473,11 +476,10 @@ impl Session {
             .maps()
             .find(|m| m.name() == "counters")
             .ok_or_else(|| ProbeError::MissingPlanRow("counters".into()))?;
-        let mut values = [0u64; 16];
-        for (i, v) in values.iter_mut().enumerate() {
-            let key = (i as u32).to_ne_bytes();
+        let mut values = [0u64; NUM_COUNTERS];
+        for (key, v) in (0u32..).zip(values.iter_mut()) {
             let bytes = map
-                .lookup(&key, MapFlags::ANY)
+                .lookup(&key.to_ne_bytes(), MapFlags::ANY)
                 .map_err(|source| ProbeError::Map {
                     map: "counters".into(),
                     source,
@@ -490,23 +492,26 @@ impl Session {
                 }
             }
         }
+        // kestrel.h asserts every counter is below KESTREL_NUM_COUNTERS, so
+        // `get` always finds its slot.
+        let get = |c: Counter| values.get(c.0 as usize).copied().unwrap_or(0);
         let own = Counters {
-            on_cpu_seen: values[0],
-            on_cpu_sent: values[1],
-            idle_skipped: values[2],
-            ringbuf_lost: values[3],
-            kernel_stack_errors: values[4],
-            user_stack_errors: values[5],
-            off_cpu_switches: values[6],
-            off_cpu_sampled: values[7],
-            off_cpu_wakes: values[8],
-            off_cpu_short: values[9],
-            off_cpu_store_full: values[10],
+            on_cpu_seen: get(Counter::COUNTER_ON_CPU_SEEN),
+            on_cpu_sent: get(Counter::COUNTER_ON_CPU_SENT),
+            idle_skipped: get(Counter::COUNTER_IDLE_SKIPPED),
+            ringbuf_lost: get(Counter::COUNTER_RINGBUF_LOST),
+            kernel_stack_errors: get(Counter::COUNTER_KERNEL_STACK_ERR),
+            user_stack_errors: get(Counter::COUNTER_USER_STACK_ERR),
+            off_cpu_switches: get(Counter::COUNTER_OFF_CPU_SWITCHES),
+            off_cpu_sampled: get(Counter::COUNTER_OFF_CPU_SAMPLED),
+            off_cpu_wakes: get(Counter::COUNTER_OFF_CPU_WAKES),
+            off_cpu_short: get(Counter::COUNTER_OFF_CPU_SHORT),
+            off_cpu_store_full: get(Counter::COUNTER_OFF_CPU_STORE_FULL),
             // A gauge updated with signed adds: reinterpret the two's complement.
-            off_cpu_in_flight: values[11] as i64,
-            off_cpu_exit_cleaned: values[12],
-            scratch_missing: values[13],
-            off_cpu_missed_wakes: values[14],
+            off_cpu_in_flight: get(Counter::COUNTER_OFF_CPU_IN_FLIGHT) as i64,
+            off_cpu_exit_cleaned: get(Counter::COUNTER_OFF_CPU_EXIT_CLEANED),
+            scratch_missing: get(Counter::COUNTER_SCRATCH_MISSING),
+            off_cpu_missed_wakes: get(Counter::COUNTER_OFF_CPU_MISSED_WAKE),
             malformed_records: self.malformed.load(Ordering::Relaxed),
             off_cpu_unmatched_wakes: self.unmatched_wakes,
             off_cpu_pending_dropped: self.pending_dropped,
@@ -553,10 +558,8 @@ impl Session {
     /// Follow CPU hotplug: attach on CPUs that came online, detach from those that
     /// went offline. Called on every poll; one small sysfs read.
     pub fn sync_online_cpus(&mut self) -> Result<CpuChange, ProbeError> {
-        let text = std::fs::read_to_string("/sys/devices/system/cpu/online")
-            .map_err(|e| ProbeError::Topology(format!("/sys/devices/system/cpu/online: {e}")))?;
-        let now: Vec<u32> = CpuSet::parse(text.trim())
-            .map_err(|e| ProbeError::Topology(e.to_string()))?
+        let now: Vec<u32> = kestrel_sizing::host::online_cpus(&kestrel_sizing::host::LiveSystem)
+            .map_err(ProbeError::Topology)?
             .iter()
             .collect();
         let change = CpuChange {
@@ -592,32 +595,6 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::skel::types;
-
-    #[test]
-    fn rust_and_c_agree_on_layouts() {
-        assert_eq!(
-            std::mem::size_of::<types::kestrel_sample_header>(),
-            crate::record::HEADER_BYTES
-        );
-        assert_eq!(
-            std::mem::size_of::<types::kestrel_sample_header>() as u32,
-            kestrel_sizing::RECORD_HEADER_BYTES
-        );
-        assert_eq!(
-            std::mem::size_of::<types::kestrel_config>() as u32,
-            kestrel_sizing::RODATA_BYTES
-        );
-        assert_eq!(
-            std::mem::size_of::<types::kestrel_sample>() as u32,
-            kestrel_sizing::RECORD_MAX_BYTES
-        );
-        // The wake record and counter count are checked by _Static_assert in kestrel.h.
-        assert_eq!(
-            crate::record::WAKE_BYTES as u32,
-            kestrel_sizing::WAKE_RECORD_BYTES
-        );
-    }
 
     #[test]
     fn config_threshold_spans_probability() {
@@ -626,12 +603,12 @@ mod tests {
             ..ProbeConfig::default()
         };
         let b = encode_config(&c, Some(OffCpuHook::TpBtfTaskStorage));
-        assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), u32::MAX);
-        assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 1);
+        assert_eq!(b.off_cpu_threshold, u32::MAX);
+        assert_eq!(b.off_cpu_task_storage, 1);
         c.off_cpu_probability = 0.5;
         let b = encode_config(&c, Some(OffCpuHook::RawTpHash));
-        let t = u32::from_le_bytes(b[20..24].try_into().unwrap());
+        let t = b.off_cpu_threshold;
         assert!((t as f64 / u32::MAX as f64 - 0.5).abs() < 1e-6);
-        assert_eq!(u32::from_le_bytes(b[32..36].try_into().unwrap()), 0);
+        assert_eq!(b.off_cpu_task_storage, 0);
     }
 }

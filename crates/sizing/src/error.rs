@@ -14,8 +14,8 @@ pub enum SizingError {
     MalformedCpuList { input: String, reason: String },
 
     #[error(
-        "cannot read {}: {source}; Kestrel needs sysfs mounted at /sys to learn \
-         the CPU topology (or plan for another machine with explicit --online/--possible)",
+        "cannot read {}: {source}; the CPU topology comes from sysfs, which must be \
+         mounted at /sys (or plan with Topology::synthetic for another machine)",
         path.display()
     )]
     ReadSysfs {

@@ -20,8 +20,8 @@ pub const RINGBUF_RECORD_HEADER_BYTES: u32 = 8;
 /// Bounds of the off-CPU in-flight store, in entries (tasks).
 pub const OFFCPU_ENTRIES_FLOOR: u32 = 1024;
 pub const OFFCPU_ENTRIES_CAP: u32 = 65536;
-/// Value of an off-CPU in-flight entry: switch-out time and the id of the
-/// stack recorded at switch-out.
+/// Value of an off-CPU in-flight entry: `sizeof(struct kestrel_in_flight)`
+/// (switch-out time and a reserved word) in `bpf/kestrel.bpf.c`.
 pub const OFFCPU_VALUE_BYTES: u32 = 16;
 /// Default memory cap for all maps together.
 pub const DEFAULT_MEMORY_CAP_BYTES: u64 = 8 * 1024 * 1024;

@@ -2,16 +2,11 @@
 //! its off-CPU start-time table on the same machine, for `kestrel plan`'s
 //! comparison table.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
 use serde::Serialize;
 
 use crate::cost::map_bytes;
+use crate::host::LiveSystem;
 use crate::{MapType, SizingError};
-
-/// Where the kernel publishes the largest PID + 1.
-pub const PID_MAX_PATH: &str = "/proc/sys/kernel/pid_max";
 
 /// Key and value size of the reference agent's off-CPU table (a u64 thread
 /// id to a u64 start time).
@@ -83,24 +78,10 @@ pub fn reference_cost(possible_cpus: u32, off_cpu_probability: f64, pid_max: u64
     }
 }
 
-/// Reads `/proc/sys/kernel/pid_max`.
+/// Reads `/proc/sys/kernel/pid_max`: a convenience for [`crate::host::pid_max`]
+/// on [`LiveSystem`].
 pub fn read_pid_max() -> Result<u64, SizingError> {
-    read_pid_max_from(Path::new(PID_MAX_PATH))
-}
-
-/// Reads a pid_max value from `path` (a file holding one positive integer).
-pub fn read_pid_max_from(path: &Path) -> Result<u64, SizingError> {
-    let content = std::fs::read_to_string(path).map_err(|source| SizingError::ReadPidMax {
-        path: PathBuf::from(path),
-        source: Arc::new(source),
-    })?;
-    match content.trim().parse::<u64>() {
-        Ok(value) if value > 0 => Ok(value),
-        _ => Err(SizingError::MalformedPidMax {
-            path: PathBuf::from(path),
-            content,
-        }),
-    }
+    crate::host::pid_max(&LiveSystem)
 }
 
 #[cfg(test)]
@@ -156,21 +137,10 @@ mod tests {
 
     #[test]
     fn reads_this_machines_pid_max() {
-        let from_proc = std::fs::read_to_string(PID_MAX_PATH).unwrap();
+        let from_proc = std::fs::read_to_string(crate::PID_MAX_PATH).unwrap();
         assert_eq!(
             read_pid_max().unwrap(),
             from_proc.trim().parse::<u64>().unwrap()
         );
-    }
-
-    #[test]
-    fn malformed_pid_max_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pid_max");
-        std::fs::write(&path, "lots\n").unwrap();
-        let err = read_pid_max_from(&path).unwrap_err();
-        assert!(matches!(err, SizingError::MalformedPidMax { .. }), "{err}");
-        let err = read_pid_max_from(&dir.path().join("absent")).unwrap_err();
-        assert!(err.to_string().contains("absent"), "{err}");
     }
 }

@@ -1,14 +1,9 @@
-//! CPU topology as the kernel reports it in sysfs.
-
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+//! CPU topology as the kernel reports it in sysfs (read by [`crate::host`]).
 
 use serde::Serialize;
 
+use crate::host::LiveSystem;
 use crate::{CpuSet, SizingError};
-
-/// Where Linux publishes the CPU masks.
-pub const SYSFS_CPU_DIR: &str = "/sys/devices/system/cpu";
 
 /// The three CPU masks that matter for BPF map sizing.
 ///
@@ -26,30 +21,10 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Reads the masks of the running system from [`SYSFS_CPU_DIR`].
+    /// Reads the masks of the running system from [`crate::SYSFS_CPU_DIR`]: a
+    /// convenience for [`Topology::from_host`] on [`LiveSystem`].
     pub fn detect() -> Result<Topology, SizingError> {
-        Topology::detect_from(Path::new(SYSFS_CPU_DIR))
-    }
-
-    /// Reads `possible`, `online` and `present` from `sysfs_cpu_dir` (a
-    /// directory laid out like `/sys/devices/system/cpu`) and checks that
-    /// they are consistent.
-    pub fn detect_from(sysfs_cpu_dir: &Path) -> Result<Topology, SizingError> {
-        let read_mask = |name: &str| -> Result<CpuSet, SizingError> {
-            let path: PathBuf = sysfs_cpu_dir.join(name);
-            let text = std::fs::read_to_string(&path).map_err(|source| SizingError::ReadSysfs {
-                path: path.clone(),
-                source: Arc::new(source),
-            })?;
-            CpuSet::parse(&text)
-        };
-        let topology = Topology {
-            online: read_mask("online")?,
-            possible: read_mask("possible")?,
-            present: read_mask("present")?,
-        };
-        topology.validate()?;
-        Ok(topology)
+        Topology::from_host(&LiveSystem)
     }
 
     /// A made-up topology for planning another machine (`kestrel plan
@@ -102,14 +77,19 @@ impl Topology {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::{Cpuid, HostTree};
     use std::fs;
 
-    fn sysfs_dir(possible: &str, online: &str, present: &str) -> tempfile::TempDir {
+    /// A host whose `/sys/devices/system/cpu` holds these masks.
+    fn sysfs_dir(possible: &str, online: &str, present: &str) -> (tempfile::TempDir, HostTree) {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("possible"), possible).unwrap();
-        fs::write(dir.path().join("online"), online).unwrap();
-        fs::write(dir.path().join("present"), present).unwrap();
-        dir
+        let host = HostTree::new(dir.path(), Cpuid::default());
+        let cpu_dir = dir.path().join("sys/devices/system/cpu");
+        fs::create_dir_all(&cpu_dir).unwrap();
+        fs::write(cpu_dir.join("possible"), possible).unwrap();
+        fs::write(cpu_dir.join("online"), online).unwrap();
+        fs::write(cpu_dir.join("present"), present).unwrap();
+        (dir, host)
     }
 
     #[test]
@@ -123,8 +103,8 @@ mod tests {
 
     #[test]
     fn detects_a_vm_like_layout_from_a_directory() {
-        let dir = sysfs_dir("0-127\n", "0-15\n", "0-15\n");
-        let topology = Topology::detect_from(dir.path()).unwrap();
+        let (_dir, host) = sysfs_dir("0-127\n", "0-15\n", "0-15\n");
+        let topology = Topology::from_host(&host).unwrap();
         assert_eq!(topology.online_count(), 16);
         assert_eq!(topology.possible_count(), 128);
         assert_eq!(topology.present.to_string(), "0-15");
@@ -133,25 +113,25 @@ mod tests {
     #[test]
     fn missing_file_names_the_path() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Topology::detect_from(dir.path()).unwrap_err();
+        let err = Topology::from_host(&HostTree::new(dir.path(), Cpuid::default())).unwrap_err();
         assert!(matches!(err, SizingError::ReadSysfs { .. }));
         assert!(err.to_string().contains("online"), "{err}");
     }
 
     #[test]
     fn inconsistent_masks_are_rejected() {
-        let dir = sysfs_dir("0-1\n", "0-3\n", "0-1\n");
-        let err = Topology::detect_from(dir.path()).unwrap_err();
+        let (_dir, host) = sysfs_dir("0-1\n", "0-3\n", "0-1\n");
+        let err = Topology::from_host(&host).unwrap_err();
         assert!(matches!(err, SizingError::InvalidTopology { .. }), "{err}");
-        let dir = sysfs_dir("0-3\n", "\n", "0-3\n");
-        let err = Topology::detect_from(dir.path()).unwrap_err();
+        let (_dir, host) = sysfs_dir("0-3\n", "\n", "0-3\n");
+        let err = Topology::from_host(&host).unwrap_err();
         assert!(err.to_string().contains("no CPU is online"), "{err}");
     }
 
     #[test]
     fn malformed_sysfs_content_is_an_error() {
-        let dir = sysfs_dir("0-x\n", "0\n", "0\n");
-        let err = Topology::detect_from(dir.path()).unwrap_err();
+        let (_dir, host) = sysfs_dir("0-x\n", "0\n", "0\n");
+        let err = Topology::from_host(&host).unwrap_err();
         assert!(matches!(err, SizingError::MalformedCpuList { .. }), "{err}");
     }
 

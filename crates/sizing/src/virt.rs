@@ -3,11 +3,12 @@
 //! VMs are where possible CPUs most often exceed online ones (room for hot-added
 //! vCPUs), which is what per-CPU maps pay for; so the plan says where it runs.
 //! Sources: the CPUID hypervisor bit (leaf 1, ECX bit 31) and vendor signature
-//! (leaf 0x4000_0000), and DMI's system vendor and product name from sysfs.
-
-use std::path::Path;
+//! (leaf 0x4000_0000), and DMI's system vendor and product name from sysfs, all
+//! read by [`crate::host`]; this module only interprets them.
 
 use serde::Serialize;
+
+use crate::host::LiveSystem;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Virtualization {
@@ -25,24 +26,14 @@ pub struct Virtualization {
 }
 
 impl Virtualization {
-    /// Detect from the CPU and sysfs. Never fails: what cannot be read is `None`.
+    /// Detect from the CPU and sysfs: a convenience for
+    /// [`Virtualization::from_host`] on [`LiveSystem`]. Never fails: what
+    /// cannot be read is `None`.
     pub fn detect() -> Virtualization {
-        let (hypervisor_bit, cpuid_vendor) = cpuid_hypervisor();
-        let read = |name: &str| {
-            std::fs::read_to_string(Path::new("/sys/class/dmi/id").join(name))
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        };
-        Self::from_parts(
-            hypervisor_bit,
-            cpuid_vendor,
-            read("sys_vendor"),
-            read("product_name"),
-        )
+        Virtualization::from_host(&LiveSystem)
     }
 
-    /// Combine the raw facts; pure, for tests.
+    /// Combine the raw facts; pure.
     pub fn from_parts(
         hypervisor_bit: bool,
         cpuid_vendor: Option<String>,
@@ -109,31 +100,6 @@ pub fn name_from_dmi(vendor: Option<&str>, product: Option<&str>) -> Option<&'st
     } else {
         None
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn cpuid_hypervisor() -> (bool, Option<String>) {
-    // CPUID exists on every x86_64 CPU and has no side effects.
-    let leaf1 = std::arch::x86_64::__cpuid(1);
-    let bit = leaf1.ecx & (1 << 31) != 0;
-    if !bit {
-        return (false, None);
-    }
-    // Leaf 0x4000_0000 is defined when the hypervisor bit is set.
-    let leaf = std::arch::x86_64::__cpuid(0x4000_0000);
-    let mut sig = Vec::with_capacity(12);
-    for reg in [leaf.ebx, leaf.ecx, leaf.edx] {
-        sig.extend_from_slice(&reg.to_le_bytes());
-    }
-    let text = String::from_utf8_lossy(&sig)
-        .trim_end_matches('\0')
-        .to_string();
-    (true, (!text.is_empty()).then_some(text))
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn cpuid_hypervisor() -> (bool, Option<String>) {
-    (false, None)
 }
 
 #[cfg(test)]

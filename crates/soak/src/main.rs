@@ -34,7 +34,7 @@ use serde::Serialize;
 
 /// Index of the in-flight gauge in the BPF `counters` map (`enum counter` in
 /// bpf/kestrel.h; `Session::counters` reads the same slot).
-const COUNTER_OFF_CPU_IN_FLIGHT: u32 = 11;
+const COUNTER_OFF_CPU_IN_FLIGHT: u32 = kestrel_probes::OFF_CPU_IN_FLIGHT_COUNTER;
 
 /// The agent's symbol store bounds during the soak (the defaults of config.toml).
 const STORE_MEMORY_BYTES: u64 = 32 << 20;

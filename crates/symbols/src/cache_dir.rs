@@ -44,6 +44,59 @@ pub fn default_cache_dir() -> PathBuf {
     }
 }
 
+/// Why the store's directory cannot be used; the store then runs memory-only.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheDirError {
+    #[error("cannot create cache directory {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot inspect cache directory {}: {source}", path.display())]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cache directory {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("cannot open lock file {}: {source}", path.display())]
+    OpenLock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cache directory is in use by another process ({} is locked: {source}); stop it or \
+         give each agent its own cache directory",
+        path.display()
+    )]
+    InUse {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remove the unusable store directory {}: {source}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the store directory {}: {source}", path.display())]
+    CreateStore {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// A store directory ready for foyer: created, checked, marked, and locked for as
 /// long as this value lives.
 #[derive(Debug)]
@@ -55,34 +108,38 @@ pub struct PreparedDir {
 /// Prepares `<cache_dir>/symbols` for a disk tier whose layout is described by
 /// `layout` (written to the marker). `Err` says why the store must run
 /// memory-only.
-pub fn prepare(cache_dir: &Path, layout: &str) -> Result<PreparedDir, String> {
+pub fn prepare(cache_dir: &Path, layout: &str) -> Result<PreparedDir, CacheDirError> {
+    let path = || cache_dir.to_path_buf();
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(cache_dir)
-        .map_err(|e| format!("cannot create cache directory {}: {e}", cache_dir.display()))?;
-    let meta = fs::metadata(cache_dir).map_err(|e| {
-        format!(
-            "cannot inspect cache directory {}: {e}",
-            cache_dir.display()
-        )
+        .map_err(|source| CacheDirError::Create {
+            path: path(),
+            source,
+        })?;
+    let meta = fs::metadata(cache_dir).map_err(|source| CacheDirError::Inspect {
+        path: path(),
+        source,
     })?;
     if !meta.is_dir() {
-        return Err(format!(
-            "cache directory {} is not a directory",
-            cache_dir.display()
-        ));
+        return Err(CacheDirError::NotADirectory { path: path() });
     }
     let lock = lock_file(&cache_dir.join(LOCK_FILE_NAME))?;
 
     let store = cache_dir.join(STORE_DIR_NAME);
     if let Some(reason) = foreign_reason(&store, layout) {
         warn!(dir = %store.display(), reason, "symbol store directory is unusable; rebuilding it");
-        wipe(&store).map_err(|e| format!("cannot remove {}: {e}", store.display()))?;
+        wipe(&store).map_err(|source| CacheDirError::Remove {
+            path: store.clone(),
+            source,
+        })?;
     }
     if !store.exists() {
-        create_store_dir(&store, layout)
-            .map_err(|e| format!("cannot create {}: {e}", store.display()))?;
+        create_store_dir(&store, layout).map_err(|source| CacheDirError::CreateStore {
+            path: store.clone(),
+            source,
+        })?;
     }
     Ok(PreparedDir {
         path: store,
@@ -96,7 +153,7 @@ pub fn rebuild(dir: &PreparedDir, layout: &str) -> io::Result<()> {
     create_store_dir(&dir.path, layout)
 }
 
-fn lock_file(path: &Path) -> Result<File, String> {
+fn lock_file(path: &Path) -> Result<File, CacheDirError> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -104,7 +161,10 @@ fn lock_file(path: &Path) -> Result<File, String> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| format!("cannot open lock file {}: {e}", path.display()))?;
+        .map_err(|source| CacheDirError::OpenLock {
+            path: path.to_path_buf(),
+            source,
+        })?;
     // A child forked by any thread of this process holds a copy of a previous
     // lock descriptor until it execs; give such a transient holder a moment.
     let mut attempts = 0;
@@ -114,17 +174,19 @@ fn lock_file(path: &Path) -> Result<File, String> {
         if rc == 0 {
             return Ok(file);
         }
-        let err = io::Error::last_os_error();
+        let source = io::Error::last_os_error();
         attempts += 1;
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) && attempts < LOCK_ATTEMPTS {
+        let busy = source.raw_os_error() == Some(libc::EWOULDBLOCK);
+        if busy && attempts < LOCK_ATTEMPTS {
             std::thread::sleep(LOCK_RETRY_INTERVAL);
             continue;
         }
-        return Err(format!(
-            "cache directory is in use by another process ({} is locked: {err}); stop it or give \
-             each agent its own cache_dir",
-            path.display()
-        ));
+        let path = path.to_path_buf();
+        return Err(if busy {
+            CacheDirError::InUse { path, source }
+        } else {
+            CacheDirError::Lock { path, source }
+        });
     }
 }
 
@@ -228,7 +290,8 @@ mod tests {
         assert_eq!(fs::metadata(&cache).unwrap().mode() & 0o777, 0o700);
         // A second user of the same directory is refused while the first lives.
         let second = prepare(&cache, "layout-1").unwrap_err();
-        assert!(second.contains("in use"), "{second}");
+        assert!(matches!(second, CacheDirError::InUse { .. }), "{second}");
+        assert!(second.to_string().contains("in use"), "{second}");
         drop(dir);
         prepare(&cache, "layout-1").unwrap();
     }
@@ -270,6 +333,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("f");
         fs::write(&file, b"").unwrap();
-        assert!(prepare(&file, "x").is_err());
+        assert!(matches!(
+            prepare(&file, "x"),
+            Err(CacheDirError::Create { .. } | CacheDirError::NotADirectory { .. })
+        ));
     }
 }

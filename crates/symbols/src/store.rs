@@ -413,7 +413,7 @@ impl SymbolStore {
             (Some(path), d) if d > 0 => match cache_dir::prepare(path, &layout) {
                 Ok(dir) => Some(dir),
                 Err(reason) => {
-                    warn!(reason, "symbol store runs memory-only");
+                    warn!(reason = %reason, "symbol store runs memory-only");
                     None
                 }
             },
