@@ -319,7 +319,7 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let symbols = Symbols::new(symbols_config(config))
             .await
             .context("opening the symbol store")?;
@@ -412,6 +412,10 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
         .await;
         // Keep going on a failed file: stats.json and the other files still matter.
         let written = write_outputs(&output_dir, &profile, &config.record.formats);
+        // Awaited here, inside the runtime: dropping the store instead lets the
+        // runtime's shutdown cancel its last disk writes. Before stats.json, which
+        // reports it.
+        symbols.close().await;
         let facts = RunFacts {
             duration: elapsed,
             frequency_hz: config.sampling.frequency_hz,
@@ -448,7 +452,11 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
             output_dir.display()
         );
         anyhow::Ok(())
-    })?;
+    });
+    // The store's close is bounded; a write stuck on a stalled disk must not
+    // hold the exit either (dropping the runtime waits for it without a bound).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

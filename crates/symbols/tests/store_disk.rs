@@ -1,5 +1,10 @@
 //! The disk tier: a restart is answered from disk without the symbolizer, and a
 //! corrupted or foreign disk tier is rebuilt with a warning, never a crash.
+//!
+//! The restart tests fill the store in a child process (this test binary run
+//! again, see `child_fills_the_store`) that ends the way an agent ends: a close
+//! then the runtime's shutdown, or SIGKILL. The next open is a separate open in
+//! this process.
 
 mod common;
 
@@ -8,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use common::{addr2line, compile, nm, Program};
 use kestrel_model::Frame;
-use kestrel_symbols::{Symbols, SymbolsConfig};
+use kestrel_symbols::{CloseOutcome, Symbols, SymbolsConfig};
 use rand::RngCore;
 
 /// Records WARN and ERROR events from every thread (foyer logs from its tasks).
@@ -76,6 +81,8 @@ fn config(dir: &Path) -> SymbolsConfig {
 struct Target {
     program: Program,
     stack: [u64; 2],
+    /// Where `kestrel_test_marker_fn` is mapped.
+    marker_rt: u64,
 }
 
 fn start_target(exe: &Path) -> Target {
@@ -89,6 +96,7 @@ fn start_target(exe: &Path) -> Target {
     Target {
         program,
         stack: [inline_static - start + marker_rt, ret_rt],
+        marker_rt,
     }
 }
 
@@ -103,7 +111,7 @@ async fn first_run(cache: &Path, target: &Target) -> Vec<Frame> {
     let stats = symbols.stats();
     assert!(stats.symbolizer_calls >= 1);
     assert_eq!(stats.misses, 2);
-    symbols.close().await.unwrap();
+    assert_eq!(symbols.close().await.outcome, CloseOutcome::Complete);
     assert!(
         symbols.stats().disk_bytes > 0,
         "nothing reached the disk tier"
@@ -183,7 +191,7 @@ async fn corrupted_block_files_are_recovered_with_a_warning() {
         log.lock().unwrap()
     );
     // The rebuilt tier works: entries written now survive the next restart.
-    symbols.close().await.unwrap();
+    assert_eq!(symbols.close().await.outcome, CloseOutcome::Complete);
     drop(symbols);
     let symbols = Symbols::new(config(cache.path())).await.unwrap();
     let again = symbols
@@ -223,4 +231,222 @@ async fn foreign_and_unusable_cache_dirs_never_crash() {
     let second = Symbols::new(config(shared.path())).await.unwrap();
     assert!(first.stats().disk_capacity_bytes > 0);
     assert_eq!(second.stats().disk_capacity_bytes, 0);
+}
+
+const CHILD_TEST: &str = "child_fills_the_store";
+const CHILD_PREFIX: &str = "kestrel-child:";
+
+/// Every address of the `.text` section of `exe`, relocated into the running
+/// `target`: some 400 distinct frames, more than one write buffer of the disk
+/// tier holds (256 entries), named or cached as unknown.
+fn text_stack(exe: &Path, target: &Target) -> Vec<u64> {
+    let out = std::process::Command::new("readelf")
+        .args(["-W", "-S"])
+        .arg(exe)
+        .output()
+        .unwrap();
+    let sections = String::from_utf8(out.stdout).unwrap();
+    // "  [15] .text  PROGBITS  0000000000001070 001070 000192 00  AX  0   0 16"
+    let fields: Vec<&str> = sections
+        .lines()
+        .filter_map(|l| l.split_once(']').map(|(_, rest)| rest))
+        .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&".text"))
+        .expect("a .text section");
+    let (start, size) = (common::parse_hex(fields[2]), common::parse_hex(fields[4]));
+    let bias = target.marker_rt - nm(exe)["kestrel_test_marker_fn"].0;
+    (start..start + size).map(|a| a + bias).collect()
+}
+
+/// How the child ends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum End {
+    /// `Symbols::close` awaited, then the runtime is dropped (`kestrel record`).
+    Close,
+    /// Waits for the flusher, then sleeps until the parent SIGKILLs it.
+    FlushThenKill,
+}
+
+struct ChildRun {
+    /// Distinct frames the child looked up (all misses: the directory was fresh).
+    distinct: u64,
+    stats: serde_json::Value,
+}
+
+/// Runs `child_fills_the_store` in a new process on `cache`, symbolizing every
+/// `.text` address of the target.
+fn fill_in_child(cache: &Path, exe: &Path, target: &Target, end: End) -> ChildRun {
+    use std::io::BufRead;
+    let stack = text_stack(exe, target);
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            CHILD_TEST,
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KESTREL_TEST_CHILD_CACHE", cache)
+        .env("KESTREL_TEST_CHILD_PID", target.program.pid().to_string())
+        .env(
+            "KESTREL_TEST_CHILD_STACK",
+            stack
+                .iter()
+                .map(|a| format!("{a:x}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .env("KESTREL_TEST_CHILD_END", format!("{end:?}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut stats = None;
+    let mut lines = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        lines.push(line.clone());
+        // libtest may have printed the test's name on the same line.
+        let Some(rest) = line.split_once(CHILD_PREFIX).map(|(_, rest)| rest) else {
+            continue;
+        };
+        if let Some(json) = rest.strip_prefix(" stats ") {
+            stats = Some(serde_json::from_str::<serde_json::Value>(json).unwrap());
+        }
+        if rest.trim() == "flushed" {
+            assert_eq!(end, End::FlushThenKill);
+            child.kill().unwrap();
+        }
+    }
+    let status = child.wait().unwrap();
+    match end {
+        End::Close => assert!(status.success(), "child failed: {lines:#?}"),
+        End::FlushThenKill => assert!(!status.success(), "child was not killed: {lines:#?}"),
+    }
+    let stats = stats.unwrap_or_else(|| panic!("no stats from the child: {lines:#?}"));
+    let distinct = stats["misses"].as_u64().unwrap();
+    assert!(distinct >= 300, "{stats}");
+    assert_eq!(
+        stats["hits"].as_u64(),
+        Some(0),
+        "a fresh directory: {stats}"
+    );
+    ChildRun { distinct, stats }
+}
+
+/// A separate open of `cache`: the same frames come from the disk tier.
+async fn reopen_and_check(cache: &Path, target: &Target, exe: &Path, first: &ChildRun) {
+    let symbols = Symbols::new(config(cache)).await.unwrap();
+    let opened = symbols.stats();
+    let frames = symbols
+        .symbolize_user(target.program.pid(), &text_stack(exe, target))
+        .await;
+    assert!(frames.iter().any(|f| f.function.as_deref() == Some("main")));
+    let stats = symbols.stats();
+    println!(
+        "first run: {} distinct frames, {}; second open: {stats:?}",
+        first.distinct, first.stats
+    );
+    assert_eq!(
+        opened.recovered_entries, first.distinct,
+        "the recovery count is what the first run wrote: {opened:?}"
+    );
+    assert!(opened.recovered_bytes > 0 && opened.recovered_blocks >= 1);
+    assert_eq!(
+        (stats.disk_hits, stats.misses),
+        (first.distinct, 0),
+        "every frame of the first run comes back from disk: {stats:?}"
+    );
+    assert_eq!(stats.symbolizer_calls, 0, "{stats:?}");
+    symbols.close().await;
+}
+
+/// Not a test of its own: the first process of the restart tests (run by
+/// `fill_in_child`, skipped otherwise).
+#[test]
+#[ignore = "the child process of the restart tests"]
+fn child_fills_the_store() {
+    let Some(cache) = std::env::var_os("KESTREL_TEST_CHILD_CACHE") else {
+        return;
+    };
+    let pid: u32 = std::env::var("KESTREL_TEST_CHILD_PID")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stack: Vec<u64> = std::env::var("KESTREL_TEST_CHILD_STACK")
+        .unwrap()
+        .split(',')
+        .map(|a| u64::from_str_radix(a, 16).unwrap())
+        .collect();
+    let end = std::env::var("KESTREL_TEST_CHILD_END").unwrap();
+    // Like the agent: its own multi-threaded runtime, dropped at the end.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let symbols = Symbols::new(config(Path::new(&cache))).await.unwrap();
+        let frames = symbols.symbolize_user(pid, &stack).await;
+        assert!(frames.iter().any(|f| f.function.is_some()));
+        match end.as_str() {
+            "Close" => {
+                let report = symbols.close().await;
+                assert_eq!(report.outcome, CloseOutcome::Complete, "{report:?}");
+                println!(
+                    "{CHILD_PREFIX} stats {}",
+                    serde_json::to_string(&symbols.stats()).unwrap()
+                );
+            }
+            "FlushThenKill" => {
+                symbols.store().flush().await;
+                println!(
+                    "{CHILD_PREFIX} stats {}",
+                    serde_json::to_string(&symbols.stats()).unwrap()
+                );
+                println!("{CHILD_PREFIX} flushed");
+                std::future::pending::<()>().await;
+            }
+            other => panic!("unknown end {other}"),
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_is_recovered_whole_by_the_next_process() {
+    let (_bin, exe) = compile("native");
+    let target = start_target(&exe);
+    let cache = tempfile::tempdir().unwrap();
+    let first = fill_in_child(cache.path(), &exe, &target, End::Close);
+    assert_eq!(first.stats["close_outcome"], "complete", "{}", first.stats);
+    reopen_and_check(cache.path(), &target, &exe, &first).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_flushed_before_sigkill_is_recovered() {
+    let (_bin, exe) = compile("native");
+    let target = start_target(&exe);
+    let cache = tempfile::tempdir().unwrap();
+    let first = fill_in_child(cache.path(), &exe, &target, End::FlushThenKill);
+    assert_eq!(first.stats["close_outcome"], "open", "{}", first.stats);
+    reopen_and_check(cache.path(), &target, &exe, &first).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_directory_copied_between_runs_is_recovered() {
+    let (_bin, exe) = compile("native");
+    let target = start_target(&exe);
+    let cache = tempfile::tempdir().unwrap();
+    let first = fill_in_child(cache.path(), &exe, &target, End::Close);
+    let copy = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(cache.path().join("."))
+        .arg(copy.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The original is gone: only the copy can answer.
+    drop(cache);
+    reopen_and_check(copy.path(), &target, &exe, &first).await;
 }
