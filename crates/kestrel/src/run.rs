@@ -302,6 +302,8 @@ fn refresh_snapshot(
         s.store_misses = store.misses;
         s.store_memory_bytes = store.memory_bytes;
         s.store_disk_bytes = store.disk_bytes;
+        s.store_disk_hits = store.disk_hits;
+        s.store_symbolized_file_frames = store.symbolized_file_frames;
         s.store_recovered_entries = store.recovered_entries;
         s.store_recovered_bytes = store.recovered_bytes;
     });

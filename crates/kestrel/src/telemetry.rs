@@ -28,6 +28,10 @@ pub struct Snapshot {
     pub store_misses: u64,
     pub store_memory_bytes: u64,
     pub store_disk_bytes: u64,
+    /// Part of `store_hits` answered by the disk tier.
+    pub store_disk_hits: u64,
+    /// Frames of ELF files the symbolizer had to look up (store misses).
+    pub store_symbolized_file_frames: u64,
     /// What the store's disk tier held at start (entries, their bytes).
     pub store_recovered_entries: u64,
     pub store_recovered_bytes: u64,

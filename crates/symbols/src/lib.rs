@@ -113,6 +113,10 @@ pub struct StoreStats {
     pub disk_capacity_bytes: u64,
     /// Calls into blazesym (one per file batch).
     pub symbolizer_calls: u64,
+    /// Frames the symbolizer looked up because the store did not know them: in
+    /// ELF files (executables, libraries), and in kallsyms.
+    pub symbolized_file_frames: u64,
+    pub symbolized_kernel_frames: u64,
     pub processes_tracked: u64,
     /// Mapped files held open for symbolization.
     pub open_files: u64,
@@ -176,6 +180,9 @@ pub struct Symbols {
     kernel_id: FileId,
     perf_maps: PerfMapCounters,
     errors: AtomicU64,
+    /// Frames sent to the symbolizer: of ELF files, of the kernel.
+    symbolized_file_frames: AtomicU64,
+    symbolized_kernel_frames: AtomicU64,
 }
 
 impl std::fmt::Debug for Symbols {
@@ -233,6 +240,8 @@ impl Symbols {
             kernel_id,
             perf_maps: PerfMapCounters::default(),
             errors: AtomicU64::new(0),
+            symbolized_file_frames: AtomicU64::new(0),
+            symbolized_kernel_frames: AtomicU64::new(0),
         })
     }
 
@@ -573,6 +582,13 @@ impl Symbols {
         }
 
         if !batches.is_empty() {
+            for (batch, keys) in &batches {
+                let counter = match batch.source {
+                    BatchSource::Elf(_) => &self.symbolized_file_frames,
+                    BatchSource::Kernel => &self.symbolized_kernel_frames,
+                };
+                counter.fetch_add(keys.len() as u64, Ordering::Relaxed);
+            }
             let (jobs, keys): (Vec<Batch>, Vec<Vec<FrameKey>>) = batches.into_iter().unzip();
             match self.symbolizer.symbolize(jobs).await {
                 Some(results) => {
@@ -639,6 +655,8 @@ impl Symbols {
             disk_bytes: c.disk_bytes,
             disk_capacity_bytes: c.disk_capacity_bytes,
             symbolizer_calls: self.symbolizer.calls(),
+            symbolized_file_frames: self.symbolized_file_frames.load(Ordering::Relaxed),
+            symbolized_kernel_frames: self.symbolized_kernel_frames.load(Ordering::Relaxed),
             processes_tracked: self
                 .processes
                 .read()

@@ -331,6 +331,7 @@ fn fill_in_child(cache: &Path, exe: &Path, target: &Target, end: End) -> ChildRu
         Some(0),
         "a fresh directory: {stats}"
     );
+    assert_eq!(stats["symbolized_file_frames"].as_u64(), Some(distinct));
     ChildRun { distinct, stats }
 }
 
@@ -357,7 +358,11 @@ async fn reopen_and_check(cache: &Path, target: &Target, exe: &Path, first: &Chi
         (first.distinct, 0),
         "every frame of the first run comes back from disk: {stats:?}"
     );
-    assert_eq!(stats.symbolizer_calls, 0, "{stats:?}");
+    assert_eq!(
+        (stats.symbolizer_calls, stats.symbolized_file_frames),
+        (0, 0),
+        "{stats:?}"
+    );
     symbols.close().await;
 }
 
