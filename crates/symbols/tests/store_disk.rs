@@ -455,3 +455,82 @@ async fn a_store_directory_copied_between_runs_is_recovered() {
     drop(cache);
     reopen_and_check(copy.path(), &target, &exe, &first).await;
 }
+
+/// A tmpfs of `size`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "kestrel-store-test",
+            ])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs (needs root)");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The disk fills up under the open store (its block files are sparse, so the
+/// writes fail with ENOSPC): symbolization goes on, and the close ends within
+/// its bound with a warning and `WriteFailed`, never a hang or a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fails_under_the_store_makes_the_close_a_warning() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let log = warnings();
+    let (_bin, exe) = compile("native");
+    let target = start_target(&exe);
+    let tmp = tempfile::tempdir().unwrap();
+    let _mount = Tmpfs::mount(&tmp.path().join("small"), "512k");
+    let cache = tmp.path().join("small/cache");
+    let symbols = Symbols::new(config(&cache)).await.unwrap();
+    assert!(
+        symbols.stats().disk_capacity_bytes > 0,
+        "the disk tier opened"
+    );
+    let mut filler = std::fs::File::create(tmp.path().join("small/filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[0xa5; 4096]).is_ok() {}
+    drop(filler);
+
+    let frames = symbols
+        .symbolize_user(target.program.pid(), &text_stack(&exe, &target))
+        .await;
+    assert!(frames.iter().any(|f| f.function.as_deref() == Some("main")));
+    let report = symbols.close().await;
+    println!("{report:?} {:?}", symbols.stats());
+    assert_eq!(report.outcome, CloseOutcome::WriteFailed);
+    assert!(report.elapsed < kestrel_symbols::CLOSE_BOUND);
+    assert_eq!(symbols.stats().close_outcome, CloseOutcome::WriteFailed);
+    let store_dir = cache.join("symbols").display().to_string();
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|w| w.contains("did not reach the disk") && w.contains(&store_dir)),
+        "no warning about the failed writes: {:?}",
+        log.lock().unwrap()
+    );
+    // Inserts after the close stay in memory, without foyer's warnings.
+    let again = symbols.symbolize_kernel(&[1]).await;
+    assert_eq!(again.len(), 1);
+}
