@@ -538,3 +538,101 @@ async fn a_disk_that_fails_under_the_store_makes_the_close_a_warning() {
     let again = symbols.symbolize_kernel(&[1]).await;
     assert_eq!(again.len(), 1);
 }
+
+/// Four tasks insert at once, 2,000 entries in all (8 MiB on disk, eight times
+/// the disk tier's write buffer): the inserts are serialized and paced, so a
+/// reopened store recovers every one (foyer drops what overflows its buffer,
+/// and its recovery drops the rest of a block after an entry queued out of
+/// sequence order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_are_all_recovered() {
+    use kestrel_symbols::{FileId, FrameKey, StoreConfig, SymbolFrame, SymbolStore, SymbolValue};
+    const TASKS: u64 = 4;
+    const PER_TASK: u64 = 500;
+    let cache = tempfile::tempdir().unwrap();
+    let store_config = StoreConfig {
+        dir: Some(cache.path().to_path_buf()),
+        memory_bytes: 4 << 20,
+        disk_bytes: 32 << 20,
+    };
+    let key = |task: u64, i: u64| FrameKey {
+        file: FileId(u128::from(task + 1)),
+        address_or_line: i,
+    };
+    let value = |task: u64, i: u64| {
+        SymbolValue::new(vec![SymbolFrame {
+            function: Some(format!("task{task}_fn{i}").into()),
+            file: Some("/src/concurrent.c".into()),
+            line: Some(i as u32),
+        }])
+    };
+    let store = std::sync::Arc::new(SymbolStore::open(&store_config).await.unwrap());
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..PER_TASK {
+                    store.insert(key(task, i), value(task, i)).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        store.close(kestrel_symbols::CLOSE_BOUND).await.outcome,
+        CloseOutcome::Complete
+    );
+    drop(store);
+
+    let store = SymbolStore::open(&store_config).await.unwrap();
+    assert_eq!(store.counters().recovered.entries, TASKS * PER_TASK);
+    for task in 0..TASKS {
+        for i in 0..PER_TASK {
+            assert_eq!(store.get(&key(task, i)).await, Some(value(task, i)));
+        }
+    }
+    let c = store.counters();
+    assert_eq!((c.disk_hits, c.misses), (TASKS * PER_TASK, 0), "{c:?}");
+    store.close(kestrel_symbols::CLOSE_BOUND).await;
+}
+
+/// A close whose bound runs out (here: none at all, so it cannot finish) is
+/// reported as timed out with a warning, leaves no "closed cleanly" marker, and
+/// what the writer finished afterwards is still recovered by the next open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_out_of_time_is_a_warning_and_loses_nothing_written() {
+    let log = warnings();
+    let (_bin, exe) = compile("native");
+    let target = start_target(&exe);
+    let cache = tempfile::tempdir().unwrap();
+    let symbols = Symbols::new(config(cache.path())).await.unwrap();
+    let stack = text_stack(&exe, &target);
+    symbols.symbolize_user(target.program.pid(), &stack).await;
+    let inserted = symbols.stats().misses;
+    let report = symbols.close_within(std::time::Duration::ZERO).await;
+    assert_eq!(report.outcome, CloseOutcome::TimedOut);
+    // A second close reports the first.
+    assert_eq!(symbols.close().await, report);
+    assert_eq!(symbols.stats().close_outcome, CloseOutcome::TimedOut);
+    let store_dir = cache.path().join("symbols");
+    assert!(!store_dir.join("CLEAN").exists());
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|w| w.contains("within the bound") && w.contains(&store_dir.display().to_string())));
+    // foyer's writer goes on in the background; give it its time, then reopen.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    drop(symbols);
+    let symbols = Symbols::new(config(cache.path())).await.unwrap();
+    assert_eq!(symbols.stats().recovered_entries, inserted);
+    symbols.symbolize_user(target.program.pid(), &stack).await;
+    let stats = symbols.stats();
+    assert_eq!(
+        (stats.disk_hits, stats.symbolized_file_frames),
+        (inserted, 0)
+    );
+    symbols.close().await;
+}
