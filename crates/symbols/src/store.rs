@@ -383,7 +383,10 @@ pub enum CloseOutcome {
     Open,
     /// No disk tier: nothing to write.
     MemoryOnly,
-    /// Every write finished and the last one was read back from the disk tier.
+    /// Every write finished and the last batch (which holds this close's
+    /// canary) was read back from the disk tier. foyer writes one batch at a
+    /// time and only logs a failed one, so an earlier batch that failed (a disk
+    /// error that went away) shows in the log, not here.
     Complete,
     /// The writes finished, but the last one is not on disk (a failing or full
     /// disk): entries of the last moments are lost, older ones are kept.
@@ -756,7 +759,7 @@ impl SymbolStore {
         match outcome {
             CloseOutcome::Open | CloseOutcome::MemoryOnly => {}
             CloseOutcome::Complete => {
-                info!(dir, close_ms = ms, "symbol store disk tier closed; every entry is on disk")
+                info!(dir, close_ms = ms, "symbol store disk tier closed; its last writes are on disk")
             }
             CloseOutcome::WriteFailed => warn!(
                 dir,
@@ -803,7 +806,7 @@ impl SymbolStore {
         }
         *pending = 0;
         // From the disk (the memory tier holds it too): the canary went last, so
-        // finding this close's one means every earlier write went through.
+        // finding this close's one means the last batch reached the disk.
         let on_disk = matches!(
             self.cache.storage().load(&CANARY_KEY).await,
             Ok(Load::Entry { value, .. }) if value == canary
