@@ -27,6 +27,16 @@ pub struct Snapshot {
     pub store_misses: u64,
     pub store_memory_bytes: u64,
     pub store_disk_bytes: u64,
+    /// Part of `store_hits` answered by the disk tier.
+    pub store_disk_hits: u64,
+    /// Frames of ELF files the symbolizer had to look up (store misses).
+    pub store_symbolized_file_frames: u64,
+    /// What the store's disk tier held at start (entries, their bytes).
+    pub store_recovered_entries: u64,
+    pub store_recovered_bytes: u64,
+    /// How the store's close at exit ended, and how long it took.
+    pub store_close_outcome: kestrel_symbols::CloseOutcome,
+    pub store_close_ms: u64,
     /// Exporter kind → outcomes.
     pub exports: BTreeMap<String, kestrel_export::ExporterStats>,
     pub reports: u64,
@@ -139,6 +149,18 @@ pub fn start(
         "symbol store disk tier",
         "By",
         store_disk_bytes
+    );
+    gauge!(
+        "kestrel.symbols.recovered.entries",
+        "symbol store entries recovered from the disk tier at start",
+        "{entry}",
+        store_recovered_entries
+    );
+    gauge!(
+        "kestrel.symbols.recovered",
+        "bytes of the symbol store entries recovered from the disk tier at start",
+        "By",
+        store_recovered_bytes
     );
     {
         let s = Arc::clone(&shared);

@@ -384,7 +384,7 @@ fn run_store(
         if store.get_memory(&k).is_some() {
             hits += 1;
         } else {
-            store.insert(k, symbolize(rank, frame));
+            runtime.block_on(store.insert(k, symbolize(rank, frame)));
         }
     }
     let resident = live_bytes() - before;

@@ -18,6 +18,7 @@ pub mod identity;
 mod jit;
 pub mod parse;
 mod process;
+mod recovery;
 pub mod store;
 mod symbolizer;
 
@@ -35,7 +36,11 @@ pub use crate::parse::{
     container_id_from_cgroup, parse_maps_line, parse_perf_map_line, MapsEntry, ParseError,
     PerfMapEntry,
 };
-pub use crate::store::{FrameKey, StoreConfig, SymbolFrame, SymbolStore, SymbolValue};
+pub use crate::recovery::Recovered;
+pub use crate::store::{
+    CloseOutcome, CloseReport, FrameKey, StoreConfig, SymbolFrame, SymbolStore, SymbolValue,
+    CLOSE_BOUND,
+};
 
 use crate::files::{FileRegistry, OpenFile};
 use crate::jit::PerfMapCounters;
@@ -108,6 +113,10 @@ pub struct StoreStats {
     pub disk_capacity_bytes: u64,
     /// Calls into blazesym (one per file batch).
     pub symbolizer_calls: u64,
+    /// Frames the symbolizer looked up because the store did not know them: in
+    /// ELF files (executables, libraries), and in kallsyms.
+    pub symbolized_file_frames: u64,
+    pub symbolized_kernel_frames: u64,
     pub processes_tracked: u64,
     /// Mapped files held open for symbolization.
     pub open_files: u64,
@@ -116,6 +125,17 @@ pub struct StoreStats {
     pub perf_map_malformed_lines: u64,
     /// Unreadable mappings, failed symbolizer batches, disk-tier read errors.
     pub errors: u64,
+    /// What the disk tier held for this process when the store opened: distinct
+    /// entries, their bytes as written (each occupies a multiple of 4 KiB on
+    /// disk), and the blocks they are in.
+    pub recovered_entries: u64,
+    pub recovered_bytes: u64,
+    pub recovered_blocks: u64,
+    /// How long opening the store took, recovery included.
+    pub open_ms: u64,
+    /// How the close ended (`open` until then) and how long it took.
+    pub close_outcome: CloseOutcome,
+    pub close_ms: u64,
 }
 
 /// One process image: a pid and which execve of it made the image (the low 16
@@ -160,6 +180,9 @@ pub struct Symbols {
     kernel_id: FileId,
     perf_maps: PerfMapCounters,
     errors: AtomicU64,
+    /// Frames sent to the symbolizer: of ELF files, of the kernel.
+    symbolized_file_frames: AtomicU64,
+    symbolized_kernel_frames: AtomicU64,
 }
 
 impl std::fmt::Debug for Symbols {
@@ -217,6 +240,8 @@ impl Symbols {
             kernel_id,
             perf_maps: PerfMapCounters::default(),
             errors: AtomicU64::new(0),
+            symbolized_file_frames: AtomicU64::new(0),
+            symbolized_kernel_frames: AtomicU64::new(0),
         })
     }
 
@@ -513,7 +538,7 @@ impl Symbols {
                         file: None,
                         line: None,
                     }]);
-                    self.store.insert(key, v.clone());
+                    self.store.insert(key, v.clone()).await;
                     found.insert(key, v);
                 }
                 Source::Elf(file) => {
@@ -557,6 +582,13 @@ impl Symbols {
         }
 
         if !batches.is_empty() {
+            for (batch, keys) in &batches {
+                let counter = match batch.source {
+                    BatchSource::Elf(_) => &self.symbolized_file_frames,
+                    BatchSource::Kernel => &self.symbolized_kernel_frames,
+                };
+                counter.fetch_add(keys.len() as u64, Ordering::Relaxed);
+            }
             let (jobs, keys): (Vec<Batch>, Vec<Vec<FrameKey>>) = batches.into_iter().unzip();
             match self.symbolizer.symbolize(jobs).await {
                 Some(results) => {
@@ -564,7 +596,7 @@ impl Symbols {
                         match result {
                             Ok(batch_values) => {
                                 for (key, v) in keys.into_iter().zip(batch_values) {
-                                    self.store.insert(key, v.clone());
+                                    self.store.insert(key, v.clone()).await;
                                     found.insert(key, v);
                                 }
                             }
@@ -591,11 +623,18 @@ impl Symbols {
         values
     }
 
-    /// Waits for the disk tier to write what was inserted and closes it. Call it
-    /// before exiting so a restart finds every entry.
-    pub async fn close(&self) -> Result<(), SymbolsError> {
-        self.store.flush().await;
-        self.store.close().await.map_err(SymbolsError::Store)
+    /// Waits (at most [`CLOSE_BOUND`]) for the disk tier to write what was
+    /// inserted and closes it. Await it inside the runtime before exiting, so a
+    /// restart finds every entry: dropping the store instead leaves the last
+    /// writes to tasks that the runtime's shutdown cancels. Never fails; a disk
+    /// that fails or stalls is a warning and shows in the report and the stats.
+    pub async fn close(&self) -> CloseReport {
+        self.close_within(CLOSE_BOUND).await
+    }
+
+    /// [`Symbols::close`] with another bound.
+    pub async fn close_within(&self, bound: std::time::Duration) -> CloseReport {
+        self.store.close(bound).await
     }
 
     /// The global store (for benchmarks and self-metrics).
@@ -616,6 +655,8 @@ impl Symbols {
             disk_bytes: c.disk_bytes,
             disk_capacity_bytes: c.disk_capacity_bytes,
             symbolizer_calls: self.symbolizer.calls(),
+            symbolized_file_frames: self.symbolized_file_frames.load(Ordering::Relaxed),
+            symbolized_kernel_frames: self.symbolized_kernel_frames.load(Ordering::Relaxed),
             processes_tracked: self
                 .processes
                 .read()
@@ -625,6 +666,12 @@ impl Symbols {
             perf_map_reloads: self.perf_maps.reloads.load(Ordering::Relaxed),
             perf_map_malformed_lines: self.perf_maps.malformed_lines.load(Ordering::Relaxed),
             errors: c.errors + self.errors.load(Ordering::Relaxed),
+            recovered_entries: c.recovered.entries,
+            recovered_bytes: c.recovered.bytes,
+            recovered_blocks: c.recovered.blocks,
+            open_ms: c.open_time.as_millis() as u64,
+            close_outcome: c.close.outcome,
+            close_ms: c.close.elapsed.as_millis() as u64,
         }
     }
 }

@@ -4,27 +4,64 @@
 //! - The memory tier is bounded in bytes: the weighter charges each entry its real
 //!   heap footprint plus foyer's per-entry bookkeeping ([`ENTRY_OVERHEAD_BYTES`]).
 //! - The disk tier lives in the cache directory (see [`crate::cache_dir`]). Every
-//!   new entry is written on insertion, so symbolization work survives a crash or
-//!   a restart of the agent.
+//!   new entry is handed to foyer's flusher on insertion, which writes it within
+//!   milliseconds; [`SymbolStore::close`] waits (bounded) for the last writes and
+//!   reads the last one back. What the next open finds is counted in the stats
+//!   ([`crate::recovery`]).
 //! - foyer drops entries larger than a disk block silently; values are therefore
 //!   capped ([`MAX_ENCODED_VALUE_BYTES`]) far below the block size, checked at
 //!   compile time.
 //! - foyer writes every entry 4 KiB-aligned on disk, so the disk tier holds at most
 //!   `disk_bytes / 4096` entries whatever their size.
+//!
+//! Why a restart used to find nothing (issue 20), and what this module does about
+//! it, from foyer 0.22's source:
+//! - `HybridCache` writes to disk in tasks on the tokio runtime (the flusher, and
+//!   per batch an I/O task that writes the entries, then the blob index that makes
+//!   them recoverable). Dropped without an awaited `close()`, its `Drop` only
+//!   *spawns* a close. `kestrel record` never closed the store and dropped the
+//!   runtime right after, and the runtime's shutdown cancels those tasks: queued
+//!   entries are never written, and a batch whose data write (on the blocking
+//!   pool, let finish) went through but whose index write did not is invisible to
+//!   recovery ("Recovers 0 blocks with data"). Whether the spawned close ran
+//!   before the shutdown was a race; when it ran after the flusher was dropped,
+//!   its wait returned at once (the waiter's channel closed), hence "close
+//!   consumes 44µs" and still nothing on disk. Symbolization happens at the end
+//!   of a recording, so everything a short run inserted was in flight then.
+//!   Measured with `tests/store_disk.rs`'s child process: without the close, the
+//!   last batch (117 to 145 of 401 entries) is lost each time. The close is now
+//!   awaited inside the runtime by both `record` and `run`.
+//! - With `WriteOnInsertion` foyer's `flush_on_close` writes nothing (there is no
+//!   memory-to-disk pipe in that mode; its "flush all in-memory cached entries to
+//!   disk" log line only empties the memory tier), and its `close()` returns
+//!   without error whether or not the writes succeeded. It is off here; instead
+//!   the close writes a canary unique to this close and reads it back from the
+//!   disk tier, which says whether the last writes reached the disk.
+//! - The flusher drains its whole queue into one write buffer and silently drops
+//!   what does not fit (`DISK_BUFFER_BYTES`, 256 entries at 4 KiB each): a burst
+//!   of new symbols larger than that never reached the disk. Inserts are paced:
+//!   before the pending entries would overflow the buffer, the insert waits for
+//!   the flusher ([`SymbolStore::insert`]).
+//! - Recovery stops reading a block at the first entry whose sequence number is
+//!   lower than the one before it; foyer takes the sequence number and queues the
+//!   entry in two steps, so two threads inserting at once could cost the rest of
+//!   a block. Inserts are serialized by the same gate that paces them.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use foyer::{
     BlockEngineConfig, Code, DeviceBuilder, Event, EventListener, FsDeviceBuilder, HybridCache,
-    HybridCacheBuilder, HybridCachePolicy, PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
+    HybridCacheBuilder, HybridCachePolicy, Load, PsyncIoEngineConfig, RecoverMode, S3FifoConfig,
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::cache_dir::{self, PreparedDir};
 use crate::identity::FileId;
+use crate::recovery::{self, Recovered};
 
 /// Key of one symbolized location: a symbol source and a position in it. For ELF
 /// files the position is the file offset of the looked-up address (so every
@@ -76,8 +113,13 @@ const _: () = assert!(
 );
 /// Smallest disk tier: foyer needs a handful of blocks to rotate through.
 pub const MIN_DISK_BYTES: u64 = 8 * DISK_BLOCK_BYTES as u64;
-/// Write buffer of the disk tier (foyer allocates two of these up front).
+/// Write buffer of the disk tier (foyer allocates two of these up front). The
+/// flusher drops what does not fit in it, so inserts are paced to it.
 const DISK_BUFFER_BYTES: usize = DISK_BLOCK_BYTES;
+/// foyer's alignment of every entry on disk.
+const DISK_PAGE_BYTES: usize = 4096;
+/// Longest a close waits for the disk tier's last writes by default.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(5);
 
 /// Heap bytes foyer spends per in-memory entry besides key and value: its record
 /// (key, value, hash, weight, properties, queue links, refcount), the index slot
@@ -298,23 +340,66 @@ impl Code for SymbolValue {
     }
 }
 
-/// Key of the canary entry written at every clean close (a FileId no real
-/// source can have: identities are 128-bit hashes).
+/// Key of the canary entry written at every close (a FileId no real source can
+/// have: identities are 128-bit hashes).
 const CANARY_KEY: FrameKey = FrameKey {
     file: FileId(0),
     address_or_line: 0x6b65_7374_7265_6c00,
 };
+const CANARY_FUNCTION: &str = "kestrel-symbols disk tier canary";
 
-fn canary_value(layout: &str) -> SymbolValue {
+/// The canary of one close: the layout, and a nonce so that reading it back
+/// cannot find the canary of an earlier close.
+fn canary_value(layout: &str, nonce: u32) -> SymbolValue {
     SymbolValue::new(vec![SymbolFrame {
-        function: Some(Arc::from("kestrel-symbols disk tier canary")),
+        function: Some(Arc::from(CANARY_FUNCTION)),
         file: Some(Arc::from(layout)),
-        line: None,
+        line: Some(nonce),
     }])
 }
 
+fn is_canary_of(value: &SymbolValue, layout: &str) -> bool {
+    matches!(value.frames(), [f] if f.function.as_deref() == Some(CANARY_FUNCTION)
+        && f.file.as_deref() == Some(layout))
+}
+
 async fn canary_intact(cache: &HybridCache<FrameKey, SymbolValue>, layout: &str) -> bool {
-    matches!(cache.get(&CANARY_KEY).await, Ok(Some(entry)) if *entry.value() == canary_value(layout))
+    matches!(cache.get(&CANARY_KEY).await, Ok(Some(entry)) if is_canary_of(entry.value(), layout))
+}
+
+/// Bytes an entry takes in the flusher's write buffer (an upper bound: foyer's
+/// header is smaller than [`DISK_ENTRY_HEADER_BYTES`]).
+fn disk_entry_bytes(key: &FrameKey, value: &SymbolValue) -> usize {
+    (DISK_ENTRY_HEADER_BYTES + key.estimated_size() + value.estimated_size())
+        .next_multiple_of(DISK_PAGE_BYTES)
+}
+
+/// How a close ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseOutcome {
+    /// Not closed yet.
+    #[default]
+    Open,
+    /// No disk tier: nothing to write.
+    MemoryOnly,
+    /// Every write finished and the last batch (which holds this close's
+    /// canary) was read back from the disk tier. foyer writes one batch at a
+    /// time and only logs a failed one, so an earlier batch that failed (a disk
+    /// error that went away) shows in the log, not here.
+    Complete,
+    /// The writes finished, but the last one is not on disk (a failing or full
+    /// disk): entries of the last moments are lost, older ones are kept.
+    WriteFailed,
+    /// The bound ran out first: writes still in flight may be lost.
+    TimedOut,
+}
+
+/// What [`SymbolStore::close`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CloseReport {
+    pub outcome: CloseOutcome,
+    pub elapsed: Duration,
 }
 
 /// Sizes and place of the store.
@@ -362,6 +447,12 @@ pub struct StoreCounters {
     pub memory_entries: u64,
     pub disk_bytes: u64,
     pub disk_capacity_bytes: u64,
+    /// What the disk tier held when the store opened.
+    pub recovered: Recovered,
+    /// How long opening (and recovering) the disk tier took.
+    pub open_time: Duration,
+    /// How the close ended and how long it took (zero while open).
+    pub close: CloseReport,
 }
 
 /// The global symbol store.
@@ -374,6 +465,14 @@ pub struct SymbolStore {
     /// Describes the disk layout; also the canary's content.
     layout: String,
     warned_disk_error: AtomicBool,
+    /// Serializes the disk tier's inserts and holds the bytes handed to foyer's
+    /// flusher since it last finished writing (see [`SymbolStore::insert`]).
+    write_gate: tokio::sync::Mutex<usize>,
+    /// Set by the close: later inserts go to the memory tier only.
+    closed: AtomicBool,
+    recovered: Recovered,
+    open_time: Duration,
+    close_report: std::sync::Mutex<CloseReport>,
 }
 
 impl std::fmt::Debug for SymbolStore {
@@ -391,6 +490,7 @@ impl SymbolStore {
     /// Disk-tier problems never fail this: the store rebuilds the directory or
     /// runs memory-only, with a warning.
     pub async fn open(config: &StoreConfig) -> Result<SymbolStore, foyer::Error> {
+        let started = Instant::now();
         let counters = Arc::new(Counters::default());
         let memory_bytes = usize::try_from(config.memory_bytes).unwrap_or(usize::MAX);
         let disk_bytes = if config.disk_bytes == 0 {
@@ -424,17 +524,37 @@ impl SymbolStore {
             let disk = (dir.path.as_path(), disk_bytes);
             if let Some(cache) = Self::open_disk(memory_bytes, &dir, disk, &layout, &counters).await
             {
-                return Ok(Self::assemble(
-                    cache,
-                    counters,
-                    Some(dir),
-                    disk_bytes,
-                    layout,
-                ));
+                // Before the first insert: the block files hold what foyer recovered.
+                let recovered = recovery::scan(
+                    &dir.path,
+                    DISK_BLOCK_BYTES,
+                    BLOB_INDEX_BYTES,
+                    cache.memory().hash(&CANARY_KEY),
+                );
+                let open_time = started.elapsed();
+                info!(
+                    dir = %dir.path.display(),
+                    entries = recovered.entries,
+                    bytes = recovered.bytes,
+                    blocks = recovered.blocks,
+                    open_ms = open_time.as_millis() as u64,
+                    "symbol store disk tier recovered"
+                );
+                let mut store =
+                    Self::assemble(cache, counters, Some(dir), disk_bytes, layout, open_time);
+                store.recovered = recovered;
+                return Ok(store);
             }
         }
         let cache = Self::build(memory_bytes, None, &counters).await?;
-        Ok(Self::assemble(cache, counters, None, 0, layout))
+        Ok(Self::assemble(
+            cache,
+            counters,
+            None,
+            0,
+            layout,
+            started.elapsed(),
+        ))
     }
 
     /// Opens the disk tier, checking that a tier closed cleanly still holds what
@@ -481,6 +601,7 @@ impl SymbolStore {
         dir: Option<PreparedDir>,
         disk_capacity: u64,
         layout: String,
+        open_time: Duration,
     ) -> SymbolStore {
         SymbolStore {
             cache,
@@ -489,6 +610,11 @@ impl SymbolStore {
             disk_capacity,
             layout,
             warned_disk_error: AtomicBool::new(false),
+            write_gate: tokio::sync::Mutex::new(0),
+            closed: AtomicBool::new(false),
+            recovered: Recovered::default(),
+            open_time,
+            close_report: std::sync::Mutex::new(CloseReport::default()),
         }
     }
 
@@ -500,6 +626,9 @@ impl SymbolStore {
         let builder = HybridCacheBuilder::new()
             .with_name("kestrel-symbols")
             .with_policy(HybridCachePolicy::WriteOnInsertion)
+            // Writes nothing with WriteOnInsertion, only empties the memory tier
+            // (see the module comment); the close does its own checked flush.
+            .with_flush_on_close(false)
             .with_event_listener(Arc::new(EvictionCounter(counters.clone())))
             .memory(memory_bytes)
             .with_eviction_config(S3FifoConfig::default())
@@ -570,28 +699,132 @@ impl SymbolStore {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn insert(&self, key: FrameKey, value: SymbolValue) {
+    /// Inserts into the memory tier and hands the entry to the disk tier's
+    /// flusher. With a disk tier, inserts are serialized (foyer's recovery drops
+    /// the rest of a block after an entry that was queued out of sequence order)
+    /// and paced: before the entries handed over since the flusher last finished
+    /// would overflow its write buffer (which drops the overflow silently), this
+    /// waits for the flusher, about one write of at most 1 MiB. After the close,
+    /// entries go to the memory tier only.
+    pub async fn insert(&self, key: FrameKey, value: SymbolValue) {
+        if self.dir.is_none() {
+            self.cache.insert(key, value);
+            return;
+        }
+        let mut pending = self.write_gate.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            self.cache.memory().insert(key, value);
+            return;
+        }
+        self.write_paced(&mut pending, key, value).await;
+    }
+
+    async fn write_paced(&self, pending: &mut usize, key: FrameKey, value: SymbolValue) {
+        let bytes = disk_entry_bytes(&key, &value);
+        if *pending + bytes > DISK_BUFFER_BYTES {
+            self.cache.storage().wait().await;
+            *pending = 0;
+        }
         self.cache.insert(key, value);
+        *pending += bytes;
     }
 
     /// Waits until everything inserted so far is on disk (no-op memory-only).
     pub async fn flush(&self) {
+        let mut pending = self.write_gate.lock().await;
         self.cache.storage().wait().await;
+        *pending = 0;
     }
 
-    /// Writes the canary, flushes and closes the disk tier, and marks it closed
-    /// cleanly so the next open can tell a damaged tier from a crashed agent.
-    pub async fn close(&self) -> Result<(), foyer::Error> {
-        if self.dir.is_some() {
-            self.cache.insert(CANARY_KEY, canary_value(&self.layout));
-        }
-        self.cache.close().await?;
-        if let Some(dir) = &self.dir {
-            if let Err(e) = cache_dir::put_clean_marker(&dir.path) {
-                warn!(error = %e, dir = %dir.path.display(), "cannot mark the symbol store as closed cleanly");
+    /// Closes the disk tier: writes a canary, waits for every write to finish
+    /// and reads the canary back from the disk tier, all within `bound`. Only a
+    /// complete close marks the directory closed cleanly (the next open then
+    /// checks that the canary is still there). Never fails: a disk that fails or
+    /// hangs is a warning, the entries written before stay recoverable. Later
+    /// calls return the first close's report.
+    pub async fn close(&self, bound: Duration) -> CloseReport {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(bound, self.close_disk()).await {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => return self.close_report(),
+            Err(_) => CloseOutcome::TimedOut,
+        };
+        self.closed.store(true, Ordering::Release);
+        let report = CloseReport {
+            outcome,
+            elapsed: started.elapsed(),
+        };
+        let dir = self.dir().map(|d| d.display().to_string());
+        let ms = report.elapsed.as_millis() as u64;
+        match outcome {
+            CloseOutcome::Open | CloseOutcome::MemoryOnly => {}
+            CloseOutcome::Complete => {
+                info!(dir, close_ms = ms, "symbol store disk tier closed; its last writes are on disk")
             }
+            CloseOutcome::WriteFailed => warn!(
+                dir,
+                close_ms = ms,
+                "symbol store disk tier: the last writes did not reach the disk (disk failing or \
+                 full?); entries written earlier are kept, the newest are symbolized again next time"
+            ),
+            CloseOutcome::TimedOut => warn!(
+                dir,
+                close_ms = ms,
+                bound_ms = bound.as_millis() as u64,
+                "symbol store disk tier: the last writes did not finish within the bound (disk \
+                 stalled?); entries written earlier are kept, the newest may be symbolized again"
+            ),
         }
-        Ok(())
+        if let Ok(mut r) = self.close_report.lock() {
+            *r = report;
+        }
+        report
+    }
+
+    /// The close without its bound; `None` when already closed.
+    async fn close_disk(&self) -> Option<CloseOutcome> {
+        let mut pending = self.write_gate.lock().await;
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let Some(dir) = &self.dir else {
+            // Stops foyer's (no-op) engine so that its Drop has nothing to do.
+            let _ = self.cache.close().await;
+            return Some(CloseOutcome::MemoryOnly);
+        };
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+        let canary = canary_value(&self.layout, nonce);
+        self.write_paced(&mut pending, CANARY_KEY, canary.clone())
+            .await;
+        // Stops new writes and waits for the flusher's last batch (foyer's close
+        // returns Ok whether or not the writes succeeded).
+        if let Err(e) = self.cache.close().await {
+            warn!(error = %e, dir = %dir.path.display(), "closing the symbol store disk tier failed");
+            return Some(CloseOutcome::WriteFailed);
+        }
+        *pending = 0;
+        // From the disk (the memory tier holds it too): the canary went last, so
+        // finding this close's one means the last batch reached the disk.
+        let on_disk = matches!(
+            self.cache.storage().load(&CANARY_KEY).await,
+            Ok(Load::Entry { value, .. }) if value == canary
+        );
+        if !on_disk {
+            return Some(CloseOutcome::WriteFailed);
+        }
+        if let Err(e) = cache_dir::put_clean_marker(&dir.path) {
+            warn!(error = %e, dir = %dir.path.display(), "cannot mark the symbol store as closed cleanly");
+        }
+        Some(CloseOutcome::Complete)
+    }
+
+    fn close_report(&self) -> CloseReport {
+        match self.close_report.lock() {
+            Ok(r) => *r,
+            Err(p) => *p.into_inner(),
+        }
     }
 
     /// The store directory, when the disk tier is on.
@@ -613,6 +846,22 @@ impl SymbolStore {
             memory_entries: memory.entries() as u64,
             disk_bytes: self.dir().map_or(0, cache_dir::allocated_bytes),
             disk_capacity_bytes: self.disk_capacity,
+            recovered: self.recovered,
+            open_time: self.open_time,
+            close: self.close_report(),
+        }
+    }
+}
+
+impl Drop for SymbolStore {
+    fn drop(&mut self) {
+        if self.dir.is_some() && !self.closed.load(Ordering::Acquire) {
+            // foyer's own Drop only spawns a close, which a runtime shutting down
+            // cancels with the writes in flight.
+            warn!(
+                dir = ?self.dir(),
+                "symbol store dropped without close(): entries still being written may be lost"
+            );
         }
     }
 }
@@ -694,7 +943,9 @@ mod tests {
             address_or_line: 2,
         };
         assert!(store.get(&k).await.is_none());
-        store.insert(k, SymbolValue::new(vec![frame("f", None, None)]));
+        store
+            .insert(k, SymbolValue::new(vec![frame("f", None, None)]))
+            .await;
         assert_eq!(
             store.get_memory(&k).unwrap().frames()[0]
                 .function

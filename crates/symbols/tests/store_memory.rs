@@ -97,7 +97,7 @@ async fn fill_and_measure(capacity: u64) {
         };
         let v = value(&mut rng);
         inserted_weight += entry_weight(&key, &v) as u64;
-        store.insert(key, v);
+        store.insert(key, v).await;
         inserted += 1;
     }
 

@@ -66,7 +66,7 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let mut agent = Agent::start(inputs).await.map_err(with_cli_hint)?;
         // Again without the capabilities just dropped (CAP_DAC_OVERRIDE among them).
         prepare_output(&output_dir).context(
@@ -134,11 +134,14 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
             .await;
         // Keep going on a failed file: stats.json and the other files still matter.
         let written = export_all(&mut exporters, &profile);
+        // Awaited here, inside the runtime: dropping the store instead lets the
+        // runtime's shutdown cancel its last disk writes. Before stats.json, which
+        // reports it.
+        finished.symbols.close().await;
         let stats_json =
             stats::render(&finished, elapsed, interrupted).context("encoding stats.json")?;
         write_atomic(&output_dir.join("stats.json"), &stats_json)
             .context("writing stats.json")?;
-        close_store(&finished).await;
         let written = written?;
         info!(
             dir = %output_dir.display(),
@@ -159,7 +162,11 @@ pub fn run(config: &Config, args: &RecordArgs) -> Result<ExitCode> {
             output_dir.display()
         );
         anyhow::Ok(())
-    })?;
+    });
+    // The store's close is bounded; a write stuck on a stalled disk must not
+    // hold the exit either (dropping the runtime waits for it without a bound).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -199,14 +206,6 @@ fn export_all(exporters: &mut [Box<dyn Exporter>], profile: &Profile) -> Result<
             "some output files could not be written (the others were): {}",
             failures.join("; ")
         )
-    }
-}
-
-/// Flush the symbol store's disk tier so the next run starts warm; a failure
-/// costs only that.
-async fn close_store(finished: &Finished) {
-    if let Err(e) = finished.symbols.close().await {
-        tracing::warn!(error = %e, "closing the symbol store");
     }
 }
 

@@ -63,7 +63,11 @@ pub fn run(config: &Config) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(agent(config))?;
+    let result = runtime.block_on(agent(config));
+    // The store's close is bounded; a write stuck on a stalled disk must not
+    // hold the exit either (dropping the runtime waits for it without a bound).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -182,11 +186,14 @@ async fn agent(config: &Config) -> Result<()> {
             warn!(exporter = exporter.name(), error = %e, "exporter did not flush everything before the deadline");
         }
     }
+    // Before the stats file, which reports how the close went.
+    let closed = finished.symbols.close().await;
+    telemetry::update(&shared, |s| {
+        s.store_close_ms = closed.elapsed.as_millis() as u64;
+        s.store_close_outcome = closed.outcome;
+    });
     refresh_exports(&shared, &exporters);
     write_stats_file(&config.agent.stats_file, &shared);
-    if let Err(e) = finished.symbols.close().await {
-        warn!(error = %e, "closing the symbol store");
-    }
     info!(
         samples = totals.0,
         off_cpu_waits = totals.1,
@@ -263,6 +270,10 @@ fn update_snapshot(
         s.store_misses = store.misses;
         s.store_memory_bytes = store.memory_bytes;
         s.store_disk_bytes = store.disk_bytes;
+        s.store_disk_hits = store.disk_hits;
+        s.store_symbolized_file_frames = store.symbolized_file_frames;
+        s.store_recovered_entries = store.recovered_entries;
+        s.store_recovered_bytes = store.recovered_bytes;
     });
     refresh_exports(shared, exporters);
 }
