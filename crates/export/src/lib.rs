@@ -15,19 +15,19 @@ mod frames;
 pub mod otlp;
 pub mod pprof;
 mod random;
+mod registry;
 
 pub use dir::{
     write_atomic, FlamegraphDirExporter, FoldedDirConfig, FoldedDirExporter, Layout, OtlpDirConfig,
     OtlpDirExporter, PprofDirConfig, PprofDirExporter,
 };
 pub use error::ExportError;
-pub use exporter::{
-    build_exporter, build_record_exporter, exporter_kinds, record_formats, Exporter, ExporterStats,
-};
+pub use exporter::{Exporter, ExporterStats};
 pub use flamegraph::flamegraph_svg;
 pub use folded::{folded, FoldedValue};
 pub use otlp::{to_otlp_request, OtlpCompression, OtlpConfig, OtlpExporter, ResourceInfo};
 pub use pprof::{decode_pprof, encode_pprof, encode_pprof_raw, PprofProfile};
+pub use registry::{build_exporter, build_record_exporter, exporter_kinds, record_formats};
 
 #[cfg(test)]
 mod proptests;
