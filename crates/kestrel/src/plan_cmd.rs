@@ -4,8 +4,8 @@
 use anyhow::{Context, Result};
 use kestrel_probes::{KernelFeatures, OffCpuHook};
 use kestrel_sizing::{
-    plan, read_pid_max, reference_cost, MapPlan, OffCpuState, PlanInputs, ReferenceCost, Topology,
-    Virtualization,
+    plan, read_pid_max, reference_cost, KernelCostModel, MapPlan, OffCpuState, PlanInputs,
+    ReferenceCost, Topology, Virtualization,
 };
 use serde::Serialize;
 
@@ -25,6 +25,8 @@ pub fn inputs(config: &Config, topology: Topology, off_cpu_state: OffCpuState) -
         pid_filter_len: u32::try_from(config.sampling.pids.len()).unwrap_or(u32::MAX),
         off_cpu_state,
         events_bytes: None,
+        // The map bytes follow this kernel's struct layout.
+        kernel: KernelCostModel::for_running_kernel(),
     }
 }
 

@@ -24,6 +24,7 @@ pub mod tiers;
 mod topology;
 pub mod virt;
 
+pub use cost::KernelCostModel;
 pub use cpuset::{CpuSet, MAX_CPU_ID};
 pub use error::SizingError;
 pub use map_type::{
