@@ -39,6 +39,8 @@ pub enum HostFile {
     DmiProductName,
     /// `kernel.pid_max`.
     PidMax,
+    /// `kernel.osrelease`: which kernel layout the memory cost model uses.
+    OsRelease,
 }
 
 impl HostFile {
@@ -51,6 +53,7 @@ impl HostFile {
             HostFile::DmiSysVendor => (DMI_ID_DIR, "sys_vendor"),
             HostFile::DmiProductName => (DMI_ID_DIR, "product_name"),
             HostFile::PidMax => return PathBuf::from(PID_MAX_PATH),
+            HostFile::OsRelease => return PathBuf::from(crate::cost::OSRELEASE_PATH),
         };
         Path::new(dir).join(name)
     }
@@ -175,6 +178,14 @@ impl Virtualization {
 }
 
 /// `host`'s `kernel.pid_max`.
+/// The cost model of `host`'s kernel; the newest layout when the release cannot
+/// be read (no procfs).
+pub fn kernel_cost_model(host: &impl HostFacts) -> crate::KernelCostModel {
+    host.read(HostFile::OsRelease)
+        .map(|release| crate::KernelCostModel::for_release(&release))
+        .unwrap_or_default()
+}
+
 pub fn pid_max(host: &impl HostFacts) -> Result<u64, SizingError> {
     let path = || host.path(HostFile::PidMax);
     let content = host
@@ -235,6 +246,22 @@ mod tests {
             fs::write(path, content).unwrap();
         }
         (dir, tree)
+    }
+
+    #[test]
+    fn the_cost_model_follows_the_hosts_kernel_release() {
+        let (_dir, old) = host(
+            &[(HostFile::OsRelease, "6.12.57+deb13-cloud-amd64\n")],
+            Cpuid::default(),
+        );
+        assert_eq!(kernel_cost_model(&old), crate::KernelCostModel::LINUX_6_12);
+        let (_dir, new) = host(
+            &[(HostFile::OsRelease, "6.18.44-fc-v1098\n")],
+            Cpuid::default(),
+        );
+        assert_eq!(kernel_cost_model(&new), crate::KernelCostModel::LINUX_6_18);
+        let (_dir, none) = host(&[], Cpuid::default());
+        assert_eq!(kernel_cost_model(&none), crate::KernelCostModel::LINUX_6_18);
     }
 
     fn cpus<'a>(possible: &'a str, online: &'a str, present: &'a str) -> Vec<(HostFile, &'a str)> {

@@ -31,6 +31,7 @@ pub mod tiers;
 mod topology;
 pub mod virt;
 
+pub use cost::KernelCostModel;
 pub use cpuset::{CpuSet, MAX_CPU_ID};
 pub use error::SizingError;
 pub use host::{PID_MAX_PATH, SYSFS_CPU_DIR};

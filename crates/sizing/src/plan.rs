@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::cost::{self, map_bytes, task_storage_buckets, task_storage_bytes_per_task};
+use crate::cost::{self, task_storage_buckets, task_storage_bytes_per_task, KernelCostModel};
 use crate::{
     CpuSet, MapType, SizingError, Topology, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG,
     EXPECTED_FRAMES_PER_STACK, MAX_STACK_DEPTH, NUM_COUNTERS, RECORD_HEADER_BYTES,
@@ -69,6 +69,9 @@ pub struct PlanInputs {
     /// after growth or shrink); `None` starts at the size the on-CPU rate needs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_bytes: Option<u32>,
+    /// The kernel's struct layout the bytes are priced with: on a live host,
+    /// `KernelCostModel::for_running_kernel()`.
+    pub kernel: KernelCostModel,
 }
 
 fn serialize_millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -88,6 +91,7 @@ impl Default for PlanInputs {
             pid_filter_len: 0,
             off_cpu_state: OffCpuState::TaskStorage,
             events_bytes: None,
+            kernel: KernelCostModel::default(),
         }
     }
 }
@@ -268,19 +272,23 @@ pub fn plan(inputs: &PlanInputs) -> Result<MapPlan, SizingError> {
     let rates = Rates::of(inputs);
 
     let mut maps = vec![
-        events_row(inputs, &rates, possible),
-        scratch_row(possible),
-        counters_row(possible),
+        events_row(inputs, &rates, possible, &inputs.kernel),
+        scratch_row(possible, &inputs.kernel),
+        counters_row(possible, &inputs.kernel),
     ];
     if inputs.pid_filter_len > 0 {
-        maps.push(pid_filter_row(inputs.pid_filter_len, possible));
+        maps.push(pid_filter_row(
+            inputs.pid_filter_len,
+            possible,
+            &inputs.kernel,
+        ));
     }
     if inputs.off_cpu_probability > 0.0 {
-        maps.push(off_cpu_row(inputs, possible));
+        maps.push(off_cpu_row(inputs, possible, &inputs.kernel));
     }
-    maps.push(rodata_row(possible));
+    maps.push(rodata_row(possible, &inputs.kernel));
 
-    fit_memory_cap(&mut maps, inputs.memory_cap_bytes, possible)?;
+    fit_memory_cap(&mut maps, inputs.memory_cap_bytes, possible, &inputs.kernel)?;
 
     let total_bytes_floor = maps
         .iter()
@@ -460,9 +468,9 @@ struct RowSpec {
 /// Possible-CPU count used to tell whether a row's cost depends on it.
 const MANY_POSSIBLE_CPUS: u32 = 1024;
 
-fn build_row(spec: RowSpec, possible: u32) -> MapRow {
+fn build_row(spec: RowSpec, possible: u32, kernel: &KernelCostModel) -> MapRow {
     let cost_at = |cpus: u32, filled: u64| {
-        map_bytes(
+        kernel.map_bytes(
             spec.map_type,
             spec.key_size,
             spec.value_size,
@@ -496,11 +504,16 @@ fn build_row(spec: RowSpec, possible: u32) -> MapRow {
         tier: spec.tier,
         bytes_floor,
         bytes_cap,
-        formula: spec.formula,
+        // Byte figures depend on the kernel's struct layout: say which one.
+        formula: format!("{}; bytes per the {kernel}", spec.formula),
         formula_inputs: spec
             .formula_inputs
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
+            .chain(std::iter::once((
+                "kernel_layout".to_owned(),
+                kernel.layout.to_owned(),
+            )))
             .collect(),
     }
 }
@@ -509,7 +522,12 @@ fn build_row(spec: RowSpec, possible: u32) -> MapRow {
 /// needs (never below the floor), grows by re-plan when it fills (see
 /// [`crate::tiers`]), and never exceeds the size the upper-bound rates need
 /// (scheduler events × p included), itself clamped to [floor, cap].
-fn events_row(inputs: &PlanInputs, rates: &Rates, possible: u32) -> MapRow {
+fn events_row(
+    inputs: &PlanInputs,
+    rates: &Rates,
+    possible: u32,
+    kernel: &KernelCostModel,
+) -> MapRow {
     let raw = ceil_u64(rates.ring_buffer_bytes_per_s * rates.poll_s);
     // The floor already exceeds a page; max() keeps the kernel's
     // page-multiple rule explicit should the floor ever be lowered.
@@ -603,13 +621,14 @@ fn events_row(inputs: &PlanInputs, rates: &Rates, possible: u32) -> MapRow {
             ],
         },
         possible,
+        kernel,
     );
     row.max_entries_cap = growth_cap;
-    row.bytes_cap = map_bytes(MapType::RingBuf, 0, 0, growth_cap, 0, possible, 0);
+    row.bytes_cap = kernel.map_bytes(MapType::RingBuf, 0, 0, growth_cap, 0, possible, 0);
     row
 }
 
-fn scratch_row(possible: u32) -> MapRow {
+fn scratch_row(possible: u32, kernel: &KernelCostModel) -> MapRow {
     build_row(
         RowSpec {
             name: "scratch",
@@ -630,10 +649,11 @@ fn scratch_row(possible: u32) -> MapRow {
             ],
         },
         possible,
+        kernel,
     )
 }
 
-fn counters_row(possible: u32) -> MapRow {
+fn counters_row(possible: u32, kernel: &KernelCostModel) -> MapRow {
     build_row(
         RowSpec {
             name: "counters",
@@ -648,10 +668,11 @@ fn counters_row(possible: u32) -> MapRow {
             formula_inputs: vec![("num_counters", NUM_COUNTERS.to_string())],
         },
         possible,
+        kernel,
     )
 }
 
-fn pid_filter_row(pid_filter_len: u32, possible: u32) -> MapRow {
+fn pid_filter_row(pid_filter_len: u32, possible: u32, kernel: &KernelCostModel) -> MapRow {
     let entries = next_pow2(u64::from(pid_filter_len));
     build_row(
         RowSpec {
@@ -667,10 +688,11 @@ fn pid_filter_row(pid_filter_len: u32, possible: u32) -> MapRow {
             formula_inputs: vec![("pid_filter_len", pid_filter_len.to_string())],
         },
         possible,
+        kernel,
     )
 }
 
-fn off_cpu_row(inputs: &PlanInputs, possible: u32) -> MapRow {
+fn off_cpu_row(inputs: &PlanInputs, possible: u32, kernel: &KernelCostModel) -> MapRow {
     let online = inputs.topology.online_count();
     let poll_s = inputs.poll_interval.as_secs_f64();
     let p = inputs.off_cpu_probability;
@@ -717,7 +739,7 @@ fn off_cpu_row(inputs: &PlanInputs, possible: u32) -> MapRow {
                      possible CPUs) + {tasks} tasks × {per_task} B per task (estimate: storage element \
                      + per-task anchor, which the kernel's memlock: does not report); \
                      max_entries 0 as the kernel requires",
-                    map = cost::LOCAL_STORAGE_MAP_BYTES,
+                    map = kernel.local_storage_map_bytes,
                     bucket = cost::LOCAL_STORAGE_BUCKET_BYTES,
                     tasks = clamped.value,
                 ),
@@ -739,10 +761,10 @@ fn off_cpu_row(inputs: &PlanInputs, possible: u32) -> MapRow {
             formula_inputs,
         },
     };
-    build_row(spec, possible)
+    build_row(spec, possible, kernel)
 }
 
-fn rodata_row(possible: u32) -> MapRow {
+fn rodata_row(possible: u32, kernel: &KernelCostModel) -> MapRow {
     build_row(
         RowSpec {
             name: "rodata",
@@ -762,18 +784,24 @@ fn rodata_row(possible: u32) -> MapRow {
             formula_inputs: vec![("rodata_bytes", RODATA_BYTES.to_string())],
         },
         possible,
+        kernel,
     )
 }
 
 /// Halves the `events` growth cap until the sum of `bytes_cap` fits
 /// `memory_cap`; the starting size follows it down if it must.
-fn fit_memory_cap(maps: &mut [MapRow], memory_cap: u64, possible: u32) -> Result<(), SizingError> {
+fn fit_memory_cap(
+    maps: &mut [MapRow],
+    memory_cap: u64,
+    possible: u32,
+    kernel: &KernelCostModel,
+) -> Result<(), SizingError> {
     let total = |maps: &[MapRow]| {
         maps.iter()
             .map(|row| row.bytes_cap)
             .fold(0, u64::saturating_add)
     };
-    let ring_cost = |size: u32| map_bytes(MapType::RingBuf, 0, 0, size, 0, possible, 0);
+    let ring_cost = |size: u32| kernel.map_bytes(MapType::RingBuf, 0, 0, size, 0, possible, 0);
     let Some(events_index) = maps.iter().position(|row| row.name == "events") else {
         return Ok(());
     };
@@ -928,7 +956,8 @@ mod tests {
         );
         assert_eq!(
             row.bytes_floor,
-            cost::LOCAL_STORAGE_MAP_BYTES + 128 * cost::LOCAL_STORAGE_BUCKET_BYTES
+            KernelCostModel::default().local_storage_map_bytes
+                + 128 * cost::LOCAL_STORAGE_BUCKET_BYTES
         );
         assert!(row.formula.contains("estimate"), "{}", row.formula);
         assert!(

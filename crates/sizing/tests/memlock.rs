@@ -9,7 +9,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command};
 
-use kestrel_sizing::cost::{self, map_bytes};
+use kestrel_sizing::cost::{self, KernelCostModel};
 use kestrel_sizing::{
     plan, reference_cost, MapRow, MapType, OffCpuState, PlanInputs, Topology, BPF_F_MMAPABLE,
     BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG,
@@ -28,6 +28,11 @@ fn require_root() {
         "tests/memlock.rs creates real BPF maps and must run as root (CI does); \
          run `sudo -E cargo test -p kestrel-sizing --test memlock`"
     );
+}
+
+/// The layout of the kernel these tests run on: what the agent uses.
+fn kernel() -> KernelCostModel {
+    KernelCostModel::for_running_kernel()
 }
 
 fn possible_cpus() -> u32 {
@@ -226,7 +231,7 @@ fn check_created(
             "{} k{key_size} v{value_size} n{max_entries} f{map_flags:#x}",
             map_type.kernel_name()
         ),
-        model: map_bytes(
+        model: kernel().map_bytes(
             map_type,
             key_size,
             value_size,
@@ -327,7 +332,7 @@ fn no_prealloc_hashes_grow_with_their_fill() {
                     "{} k{key_size} v{value_size} n{max_entries} no-prealloc, {target} filled",
                     map_type.kernel_name()
                 ),
-                model: map_bytes(
+                model: kernel().map_bytes(
                     map_type,
                     key_size,
                     value_size,
@@ -398,11 +403,11 @@ fn task_storage_memlock_is_the_map_and_its_buckets_only() {
     let empty = memlock(&map);
     assert_eq!(
         empty,
-        map_bytes(MapType::TaskStorage, 4, 16, 0, BPF_F_NO_PREALLOC, cpus, 0)
+        kernel().map_bytes(MapType::TaskStorage, 4, 16, 0, BPF_F_NO_PREALLOC, cpus, 0)
     );
     assert_eq!(
         empty,
-        cost::LOCAL_STORAGE_MAP_BYTES
+        kernel().local_storage_map_bytes
             + cost::task_storage_buckets(cpus) * cost::LOCAL_STORAGE_BUCKET_BYTES
     );
 
@@ -495,6 +500,7 @@ fn real_maps_built_from_a_plan_match_each_rows_bytes() {
             sched_events_per_cpu_s: 5000,
             pid_filter_len: 100,
             off_cpu_state,
+            kernel: kernel(),
             ..PlanInputs::default()
         })
         .expect("plan for this machine");

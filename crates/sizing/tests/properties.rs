@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use kestrel_sizing::{
-    next_pow2, plan, MapPlan, MapType, OffCpuState, PlanInputs, SizingError, Tier, Topology,
-    EVENTS_CAP_BYTES, EVENTS_FLOOR_BYTES,
+    next_pow2, plan, KernelCostModel, MapPlan, MapType, OffCpuState, PlanInputs, SizingError, Tier,
+    Topology, EVENTS_CAP_BYTES, EVENTS_FLOOR_BYTES,
 };
 use proptest::prelude::*;
 
@@ -40,6 +40,7 @@ impl Knobs {
             pid_filter_len: self.pid_filter_len,
             off_cpu_state: self.off_cpu_state,
             events_bytes: None,
+            kernel: KernelCostModel::default(),
         }
     }
 

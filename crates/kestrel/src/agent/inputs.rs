@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kestrel_probes::features::choose_off_cpu_hook;
 use kestrel_probes::{KernelFeatures, OffCpuHook, ProbeConfig};
-use kestrel_sizing::{OffCpuState, PlanInputs, TierPolicy, Topology};
+use kestrel_sizing::{KernelCostModel, OffCpuState, PlanInputs, TierPolicy, Topology};
 use kestrel_symbols::SymbolsConfig;
 
 use super::AgentError;
@@ -91,6 +91,7 @@ pub fn plan_inputs(config: &Config, topology: Topology, off_cpu_state: OffCpuSta
         pid_filter_len: u32::try_from(config.sampling.pids.len()).unwrap_or(u32::MAX),
         off_cpu_state,
         events_bytes: None,
+        kernel: KernelCostModel::for_running_kernel(),
     }
 }
 
