@@ -99,7 +99,7 @@ pub fn build_exporter(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ExporterStats;
+    use crate::{ExporterStats, FoldedValue};
     use serde_json::json;
 
     #[test]
@@ -148,5 +148,51 @@ mod tests {
         let folded = build_exporter("folded_dir", &json!({ "dir": path })).unwrap();
         assert_eq!(folded.name(), "folded_dir");
         assert_eq!(folded.stats(), ExporterStats::default());
+    }
+
+    #[test]
+    fn every_record_format_writes_its_fixed_names_and_nothing_else() {
+        let profile = crate::test_profiles::mixed_profile();
+        let both = [FoldedValue::CpuSamples, FoldedValue::OffCpuNanoseconds];
+        let cases: [(&str, &[&str]); 4] = [
+            ("pprof", &["profile.pb.gz"]),
+            ("folded", &["offcpu.folded", "profile.folded"]),
+            ("flamegraph", &["flamegraph.svg", "offcpu.svg"]),
+            ("otlp", &["profile.otlp.pb"]),
+        ];
+        assert_eq!(
+            record_formats().collect::<Vec<_>>(),
+            cases.iter().map(|(f, _)| *f).collect::<Vec<_>>()
+        );
+        for (format, names) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let mut exporter = build_record_exporter(format, dir.path(), &both).unwrap();
+            // Twice: the single layout replaces its files instead of adding any.
+            exporter.export(&profile).unwrap();
+            exporter.export(&profile).unwrap();
+            let mut written: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            written.sort();
+            assert_eq!(written, names, "{format}");
+            for name in names {
+                let len = std::fs::metadata(dir.path().join(name)).unwrap().len();
+                assert!(len > 0, "{format}: {name} is empty");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unknown_record_format_names_the_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = build_record_exporter("svgz", dir.path(), &[FoldedValue::CpuSamples])
+            .err()
+            .expect("svgz is not a format")
+            .to_string();
+        assert!(message.contains("svgz"), "{message}");
+        for format in record_formats() {
+            assert!(message.contains(format), "{message}");
+        }
     }
 }

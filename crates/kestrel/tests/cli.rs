@@ -152,3 +152,23 @@ fn plan_shows_tiers_virtualization_and_warns_about_many_possible_cpus() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["possible_cpu_warning"].is_null());
 }
+
+#[test]
+fn an_unknown_record_format_is_refused_before_anything_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(KESTREL)
+        .args(["record", "--duration", "1", "--format", "svgz", "-o"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("record.formats") && err.contains("svgz") && err.contains("flamegraph"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("stats.json").exists(),
+        "nothing was recorded"
+    );
+}
