@@ -507,12 +507,37 @@ mod tests {
                 }
             }
         }
-        let full = matrix("6.1".parse().unwrap(), false);
-        for (online, possible) in [(1, 1), (2, 8), (2, 64), (1, 128), (4, 240), (2, 1024)] {
-            assert!(full
-                .iter()
-                .any(|s| s.online == online && s.possible == possible));
+        for (series, most) in [("5.10", 1024), ("6.1", 1024), ("6.12", 255)] {
+            let full = matrix(series.parse().unwrap(), false);
+            for (online, possible) in [(1, 1), (2, 8), (2, 64), (1, 128), (4, 240), (2, most)] {
+                assert!(
+                    full.iter()
+                        .any(|s| s.online == online && s.possible == possible),
+                    "{series} {online}/{possible}"
+                );
+            }
+            assert!(full.iter().all(|s| s.possible <= most));
         }
+    }
+
+    #[test]
+    fn without_task_storage_the_hot_plug_guest_that_resizes_the_hash_runs_longer() {
+        let timing = |series: &str, label: &str| {
+            matrix(series.parse().unwrap(), false)
+                .into_iter()
+                .find(|s| s.label().ends_with(label))
+                .map(|s| match s.scenario {
+                    Scenario::Hotplug {
+                        offline_after_s, ..
+                    } => (offline_after_s, s.record_s),
+                    Scenario::Matrix => (0, 0),
+                })
+                .unwrap()
+        };
+        assert_eq!(timing("6.1", "2/64 hotplug"), (6, 25));
+        assert_eq!(timing("6.12", "2/64 hotplug"), (6, 25));
+        assert_eq!(timing("5.10", "2/64 hotplug"), (20, 45));
+        assert_eq!(timing("5.10", "2/8 hotplug"), (3, 10));
     }
 
     fn matrix_row(series: &str, online: u32, possible: u32, measured: u64, status: Status) -> Row {
