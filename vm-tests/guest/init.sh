@@ -65,6 +65,12 @@ event "boot $(uname -r) online=$(cat $CPU/online) possible=$(cat $CPU/possible) 
 /bin/kvt-workload 2>/tmp/workload.log &
 WORKLOAD=$!
 
+# What this kernel offers, as Kestrel's probes find it (the rig checks that
+# it names what the kernel lacks, e.g. task storage before 5.11).
+/bin/kestrel check >/tmp/check.txt 2>&1
+event "rc check $?"
+/bin/kestrel check --json >/tmp/check.json 2>/dev/null
+
 /bin/kestrel plan --json --off-cpu-probability 1 >/tmp/plan.json 2>/tmp/plan.log
 event "rc plan $?"
 
@@ -131,6 +137,8 @@ event "rc record $?"
 kill $WORKLOAD 2>/dev/null
 event "online-at-end $(cat $CPU/online)"
 
+emit check /tmp/check.json
+emit check-text /tmp/check.txt
 emit plan /tmp/plan.json
 emit plan-log /tmp/plan.log
 emit stats /tmp/out/stats.json

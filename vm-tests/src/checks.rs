@@ -17,9 +17,9 @@ pub const GROWTH_BOUND_BYTES: u64 = 1024 * 1024;
 /// their growth without a bound).
 pub const GROWTH_BOUND_UP_TO_POSSIBLE: u32 = 240;
 /// On 6.4+ kernels a map's `memlock:` may differ from the plan by 1 %, or by
-/// this many bytes for small maps: the plan's cost model uses 6.18's struct
-/// sizes, and on 6.12 `struct bpf_map` is 48 B smaller (every array and ring
-/// buffer reads 48 B under the plan) and `struct bpf_local_storage_map` 16 B.
+/// this many bytes for small maps: the plan prices map headers with the struct
+/// layout chosen from the kernel release (`KernelCostModel`: 6.12's or 6.18's),
+/// and a kernel between or beyond the measured ones may differ by a few fields.
 pub const STRUCT_SIZE_SLACK_BYTES: u64 = 64;
 /// `PAGE_SIZE` of the x86_64 guests.
 const PAGE_SIZE: u64 = 4096;
@@ -37,6 +37,34 @@ pub struct Stats {
     /// The live tiers' re-plans, in order.
     #[serde(default)]
     pub replans: Vec<Replan>,
+    pub off_cpu: OffCpu,
+}
+
+/// `stats.json` `off_cpu`: which hook and in-flight store Kestrel chose.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OffCpu {
+    pub hook: Option<String>,
+    pub store: Option<String>,
+    /// Switch-outs chosen by the probability and recorded.
+    pub recorded: u64,
+}
+
+/// The parts of `kestrel check --json` the checks read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckReport {
+    pub features: CheckFeatures,
+    pub off_cpu_hook: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckFeatures {
+    pub task_storage_map: CheckOutcome,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckOutcome {
+    pub ok: bool,
+    pub error: Option<String>,
 }
 
 /// One entry of `stats.json` `replans[]`.
@@ -49,13 +77,23 @@ pub struct Replan {
     /// The plan's total bytes (at floor) before and after.
     pub old_total_bytes: u64,
     pub new_total_bytes: u64,
+    /// The plan's most (`total_bytes_cap`) before and after: what follows
+    /// the online CPUs (the ring's cap scales with them).
+    pub old_total_bytes_cap: u64,
+    pub new_total_bytes_cap: u64,
 }
 
 impl Replan {
     fn describe(&self) -> String {
         format!(
-            "{:.1} s {} online {}: {} -> {} B",
-            self.time_s, self.reason, self.online_cpus, self.old_total_bytes, self.new_total_bytes
+            "{:.1} s {} online {}: {} -> {} B (cap {} -> {} B)",
+            self.time_s,
+            self.reason,
+            self.online_cpus,
+            self.old_total_bytes,
+            self.new_total_bytes,
+            self.old_total_bytes_cap,
+            self.new_total_bytes_cap
         )
     }
 }
@@ -93,6 +131,10 @@ pub struct PlanMap {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    /// `BPF_F_*` flags (libbpf's `.rodata` is `BPF_F_MMAPABLE`, which 5.10
+    /// charges in whole pages).
+    #[serde(default)]
+    pub map_flags: u32,
 }
 
 /// Which figure a kernel's `memlock:` is.
@@ -102,16 +144,23 @@ pub enum Accounting {
     /// Linux 6.4+: the map's real usage (`map_mem_usage`), comparable with
     /// the plan.
     MemUsage,
-    /// Linux < 6.4: `bpf_map_memory_footprint()`, a page-rounded estimate
-    /// from key, value and max_entries alone. Compared with the rig's model
-    /// of that estimate, never with the plan.
+    /// Linux 5.11 – 6.3: `bpf_map_memory_footprint()`, a page-rounded
+    /// estimate from key, value and max_entries alone. Compared with the
+    /// rig's model of that estimate, never with the plan.
     FootprintEstimate,
+    /// Linux < 5.11: `map->memory.pages`, what each map type charged to
+    /// `RLIMIT_MEMLOCK` at creation (`bpf_map_charge_init`), page-rounded:
+    /// also an estimate, with a formula of its own per map type. Compared
+    /// with the rig's model of that charge, never with the plan.
+    ChargedPages,
 }
 
 impl Accounting {
     pub fn of(series: Series) -> Accounting {
         if series.reports_real_map_memory() {
             Accounting::MemUsage
+        } else if series.charges_memlock_rlimit() {
+            Accounting::ChargedPages
         } else {
             Accounting::FootprintEstimate
         }
@@ -121,11 +170,98 @@ impl Accounting {
         match self {
             Accounting::MemUsage => "kernel map_mem_usage (6.4+), compared with the plan",
             Accounting::FootprintEstimate => {
-                "kernel footprint ESTIMATE (< 6.4, page-rounded, not real usage), compared with the rig's model of that estimate"
+                "kernel footprint ESTIMATE (5.11-6.3, page-rounded, not real usage), compared with the rig's model of that estimate"
+            }
+            Accounting::ChargedPages => {
+                "kernel RLIMIT_MEMLOCK charge ESTIMATE (< 5.11, page-rounded per map type, not real usage), compared with the rig's model of that charge"
             }
         }
     }
+
+    /// Whether the figures are the kernel's estimates rather than real usage.
+    pub fn is_estimate(self) -> bool {
+        self != Accounting::MemUsage
+    }
+
+    /// The rig's model of the kernel's figure for one map, and its name;
+    /// `None` where the figure is real usage (compared with the plan).
+    fn model(self, row: &PlanMap, max_entries: u32, cpus: u32) -> Option<(u64, &'static str)> {
+        let (key, value) = (row.key_size, row.value_size);
+        match self {
+            Accounting::MemUsage => None,
+            Accounting::FootprintEstimate => Some((
+                footprint_estimate(&row.map_type, key, value, max_entries, cpus),
+                "6.1 estimate model",
+            )),
+            Accounting::ChargedPages => Some((
+                charged_pages_5_10(&row.map_type, key, value, max_entries, row.map_flags, cpus),
+                "5.10 charge model",
+            )),
+        }
+    }
 }
+
+/// Struct sizes of Debian's 5.10 cloud kernel (its BTF, `bpftool btf dump`):
+/// `struct bpf_array` 320 B, `struct bpf_ringbuf_map` 320 B, `struct
+/// bpf_ringbuf` 12,288 B (its header pages), `struct htab_elem` 48 B,
+/// `struct bucket` 16 B.
+const BPF_ARRAY_5_10: u64 = 320;
+const RINGBUF_HEADERS_5_10: u64 = 320 + 12_288;
+const HTAB_ELEM_5_10: u64 = 48;
+const HTAB_BUCKET_5_10: u64 = 16;
+
+/// `memlock:` of Linux < 5.11, `map->memory.pages << PAGE_SHIFT`: the cost
+/// each map type's `map_alloc` passed to `bpf_map_charge_init`, rounded up
+/// to pages (kernel/bpf/arraymap.c, hashtab.c, ringbuf.c of 5.10):
+/// * array: `sizeof(bpf_array) + max_entries × round_up(value, 8)`, each of
+///   the two page-aligned when the map is `BPF_F_MMAPABLE`; per-CPU
+///   array: `sizeof(bpf_array) + max_entries × 8 + max_entries ×
+///   round_up(value, 8) × possible CPUs` (the loader is root, so the entries
+///   are not rounded to a power of two for Spectre v1);
+/// * hash: `n_buckets × sizeof(bucket) + elem × max_entries + elem ×
+///   possible CPUs` with `n_buckets = roundup_pow_of_two(max_entries)` and
+///   `elem = sizeof(htab_elem) + round_up(key, 8) + round_up(value, 8)`,
+///   preallocated or not; per-CPU hash: `elem` holds a pointer instead of
+///   the value, and the values cost `round_up(value, 8) × possible CPUs ×
+///   max_entries`;
+/// * ring buffer: `sizeof(bpf_ringbuf_map) + sizeof(bpf_ringbuf) +
+///   max_entries` (so it does not read 0, unlike 5.11–6.3).
+///
+/// Map types Kestrel does not create on 5.10 (task storage came in 5.11)
+/// are modelled as 0, which fails any map that reads otherwise.
+pub fn charged_pages_5_10(
+    map_type: &str,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    possible_cpus: u32,
+) -> u64 {
+    let page = |bytes: u64| bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let entries = u64::from(max_entries);
+    let cpus = u64::from(possible_cpus);
+    let value = u64::from(value_size).div_ceil(8) * 8;
+    let key = u64::from(key_size).div_ceil(8) * 8;
+    let cost = match map_type {
+        "array" if map_flags & BPF_F_MMAPABLE != 0 => page(BPF_ARRAY_5_10) + page(entries * value),
+        "array" => BPF_ARRAY_5_10 + entries * value,
+        "percpu_array" => BPF_ARRAY_5_10 + entries * 8 + entries * value * cpus,
+        "hash" | "lru_hash" => {
+            let elem = HTAB_ELEM_5_10 + key + value;
+            entries.next_power_of_two() * HTAB_BUCKET_5_10 + elem * entries + elem * cpus
+        }
+        "percpu_hash" | "lru_percpu_hash" => {
+            let elem = HTAB_ELEM_5_10 + key + 8;
+            entries.next_power_of_two() * HTAB_BUCKET_5_10 + elem * entries + value * cpus * entries
+        }
+        "ringbuf" => RINGBUF_HEADERS_5_10 + entries,
+        _ => 0,
+    };
+    page(cost)
+}
+
+/// `BPF_F_MMAPABLE` (include/uapi/linux/bpf.h).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// `bpf_map_memory_footprint()` of Linux < 6.4 (kernel/bpf/syscall.c), which
 /// fdinfo prints as `memlock:`: `round_up(max_entries × round_up(key +
@@ -188,21 +324,13 @@ pub fn compare_maps(stats: &Stats, plan: &Plan, accounting: Accounting) -> Vec<M
                     passed_by_struct_slack = passed && !within_percent;
                     (expected, "plan", passed)
                 }
-                (Accounting::FootprintEstimate, Some(row)) => {
-                    let expected = footprint_estimate(
-                        &row.map_type,
-                        row.key_size,
-                        row.value_size,
-                        map.max_entries,
-                        stats.possible_cpus,
-                    );
-                    (
-                        expected,
-                        "6.1 estimate model",
-                        map.memlock_bytes == expected,
-                    )
+                (estimate, Some(row)) => {
+                    let (expected, from) = estimate
+                        .model(row, map.max_entries, stats.possible_cpus)
+                        .unwrap_or((0, "no model"));
+                    (expected, from, map.memlock_bytes == expected)
                 }
-                (Accounting::FootprintEstimate, None) => (0, "missing from the plan", false),
+                (_, None) => (0, "missing from the plan", false),
             };
             MapComparison {
                 name: map.name.clone(),
@@ -406,6 +534,7 @@ pub fn evaluate(
         let name = match accounting {
             Accounting::MemUsage => "each map's memlock = plan (1 % or 64 B)",
             Accounting::FootprintEstimate => "each map's memlock = 6.1 estimate model (exact)",
+            Accounting::ChargedPages => "each map's memlock = 5.10 charge model (exact)",
         };
         let by_slack: Vec<String> = figures
             .maps
@@ -468,6 +597,8 @@ pub fn evaluate(
         ));
     }
 
+    off_cpu_checks(series, output, &stats, &mut checks);
+
     if let Scenario::Hotplug {
         add,
         offline_count,
@@ -484,6 +615,54 @@ pub fn evaluate(
         replan_checks(spec, expect, &stats, &mut checks);
     }
     (checks, figures)
+}
+
+/// Off-CPU runs through the hook and store the kernel allows, chosen by
+/// Kestrel's probing: `tp_btf/sched_switch` with task storage from 5.11,
+/// `raw_tp/sched_switch` with a hash before (no task storage for tasks), and
+/// `kestrel check` says so, naming task storage as missing where it is.
+fn off_cpu_checks(series: Series, output: &GuestOutput, stats: &Stats, checks: &mut Vec<Check>) {
+    let (hook, store) = if series.has_task_storage() {
+        ("tp_btf/sched_switch", "task_storage")
+    } else {
+        ("raw_tp/sched_switch", "hash")
+    };
+    let off_cpu = &stats.off_cpu;
+    checks.push(Check::new(
+        "off-CPU through the hook this kernel allows",
+        off_cpu.hook.as_deref() == Some(hook)
+            && off_cpu.store.as_deref() == Some(store)
+            && off_cpu.recorded > 0,
+        format!(
+            "want {hook} + {store} on {series} with waits recorded; got {} + {}, {} recorded",
+            off_cpu.hook.as_deref().unwrap_or("none"),
+            off_cpu.store.as_deref().unwrap_or("none"),
+            off_cpu.recorded
+        ),
+    ));
+    let mut ignored = Vec::new();
+    let report: Option<CheckReport> = parse_json(output, "check", &mut ignored);
+    checks.extend(ignored);
+    let Some(report) = report else { return };
+    let storage = &report.features.task_storage_map;
+    checks.push(Check::new(
+        "kestrel check names what the kernel lacks",
+        storage.ok == series.has_task_storage()
+            && (storage.ok || storage.error.is_some())
+            && report.off_cpu_hook.as_deref() == Some(hook),
+        format!(
+            "task storage map: {}; off-CPU will use {}",
+            if storage.ok {
+                "ok".to_owned()
+            } else {
+                format!(
+                    "NO [{}]",
+                    storage.error.as_deref().unwrap_or("no reason given")
+                )
+            },
+            report.off_cpu_hook.as_deref().unwrap_or("nothing")
+        ),
+    ));
 }
 
 fn log_mentions(log: &str, message: &str, cpu: u32) -> bool {
@@ -684,6 +863,8 @@ fn replan_checks(
         ),
     ));
 
+    cap_checks(spec, expect, stats, down, checks);
+
     let last = stats.replans.last();
     checks.push(Check::new(
         "final plan = last re-plan",
@@ -692,6 +873,100 @@ fn replan_checks(
             "stats.json maps planned {} B, last re-plan {}",
             stats.total_planned_bytes,
             last.map_or("none".to_owned(), Replan::describe)
+        ),
+    ));
+}
+
+/// The plan's cap follows the online CPUs, whatever the floor does: it is a
+/// function of the topology (re-plans at the same online count have the
+/// same cap, more online CPUs never a smaller one), it grows above the cap
+/// the record started with once the added CPUs are online, and the
+/// `cpus_offline` re-plan after them (`down`) brings it below that peak:
+/// back to the start exactly when every added CPU is gone again.
+fn cap_checks(
+    spec: &GuestSpec,
+    expect: HotplugExpectation,
+    stats: &Stats,
+    down: Option<&Replan>,
+    checks: &mut Vec<Check>,
+) {
+    let start = stats.replans.first().map(|r| r.old_total_bytes_cap);
+    let mut by_online: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    if let Some(start) = start {
+        by_online.entry(spec.online).or_default().push(start);
+    }
+    for replan in &stats.replans {
+        by_online
+            .entry(replan.online_cpus)
+            .or_default()
+            .push(replan.new_total_bytes_cap);
+    }
+    let mut problems: Vec<String> = by_online
+        .iter()
+        .filter(|(_, caps)| caps.iter().any(|c| *c != caps[0]))
+        .map(|(online, caps)| format!("caps {caps:?} at {online} online"))
+        .collect();
+    let firsts: Vec<(u32, u64)> = by_online.iter().map(|(o, caps)| (*o, caps[0])).collect();
+    problems.extend(
+        firsts
+            .windows(2)
+            .filter(|pair| pair[1].1 < pair[0].1)
+            .map(|pair| {
+                format!(
+                    "{} B at {} online < {} B at {}",
+                    pair[1].1, pair[1].0, pair[0].1, pair[0].0
+                )
+            }),
+    );
+    let want_online = spec.online + expect.add;
+    let peak = by_online.get(&want_online).map(|caps| caps[0]);
+    let grew = matches!((start, peak), (Some(s), Some(p)) if p > s);
+    let listed = stats
+        .replans
+        .iter()
+        .map(|r| format!("{}: {} B", r.online_cpus, r.new_total_bytes_cap))
+        .collect::<Vec<_>>()
+        .join(", ");
+    checks.push(Check::new(
+        "cap grew with the CPUs added",
+        grew && problems.is_empty(),
+        format!(
+            "started at {} B ({} online), {} B at {want_online} online; {}{}",
+            start.map_or("-".to_owned(), |b| b.to_string()),
+            spec.online,
+            peak.map_or("-".to_owned(), |b| b.to_string()),
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "not a function of the online CPUs: {}; ",
+                    problems.join("; ")
+                )
+            },
+            listed
+        ),
+    ));
+    let all_gone = expect.offline_count == expect.add;
+    let returned = match (down, start, peak) {
+        (Some(down), Some(start), Some(peak)) => {
+            down.new_total_bytes_cap < peak
+                && if all_gone {
+                    down.new_total_bytes_cap == start
+                } else {
+                    down.new_total_bytes_cap >= start
+                }
+        }
+        _ => false,
+    };
+    checks.push(Check::new(
+        "cap returned with the CPUs gone",
+        returned,
+        format!(
+            "want the last cpus_offline re-plan's cap below the peak {} B and {} the start {} B; got {}",
+            peak.map_or("-".to_owned(), |b| b.to_string()),
+            if all_gone { "equal to" } else { "at least" },
+            start.map_or("-".to_owned(), |b| b.to_string()),
+            down.map_or("none".to_owned(), Replan::describe)
         ),
     ));
 }
@@ -810,7 +1085,8 @@ mod tests {
                 {"name": "rodata", "map_type": "Array", "max_entries": 1, "planned_bytes": 8192, "memlock_bytes": 8192}
             ],
             "total_memlock_bytes": 538904 + scratch_memlock + 392 + 560 + 8192,
-            "total_planned_bytes": 565120
+            "total_planned_bytes": 565120,
+            "off_cpu": {"hook": "tp_btf/sched_switch", "store": "task_storage", "recorded": 40}
         });
         let plan = json!({
             "total_bytes_floor": 565120, "total_bytes_cap": 958336, "total_bytes": 958336,
@@ -838,6 +1114,12 @@ mod tests {
             .insert("plan".into(), plan.to_string().into_bytes());
         out.files
             .insert("record-log".into(), log.as_bytes().to_vec());
+        let check = json!({
+            "features": {"task_storage_map": {"ok": true, "error": null}},
+            "off_cpu_hook": "tp_btf/sched_switch"
+        });
+        out.files
+            .insert("check".into(), check.to_string().into_bytes());
         out.events = ["rc plan 0", "rc record 0"]
             .iter()
             .chain(events)
@@ -875,6 +1157,106 @@ mod tests {
         assert_eq!(footprint_estimate("percpu_array", 4, 2080, 1, 128), 270_336);
         assert_eq!(footprint_estimate("array", 4, 8, 16, 128), 4096);
         assert_eq!(footprint_estimate("task_storage", 4, 16, 0, 128), 0);
+    }
+
+    #[test]
+    fn the_5_10_charge_model_reproduces_the_measured_figures() {
+        // Kestrel's maps as a 5.10 guest (5.10.0-32-cloud-amd64) with 2
+        // online / 8 possible CPUs reported them.
+        assert_eq!(charged_pages_5_10("ringbuf", 0, 0, 65_536, 0, 8), 81_920);
+        assert_eq!(charged_pages_5_10("percpu_array", 4, 2080, 1, 0, 8), 20_480);
+        assert_eq!(charged_pages_5_10("array", 4, 8, 16, 0, 8), 4096);
+        // offcpu_hash: BPF_F_NO_PREALLOC, still charged for every entry.
+        assert_eq!(charged_pages_5_10("hash", 4, 16, 1024, 1, 8), 94_208);
+        // .rodata: BPF_F_RDONLY_PROG | BPF_F_MMAPABLE, two whole pages.
+        assert_eq!(charged_pages_5_10("array", 4, 64, 1, 0x480, 8), 8192);
+        assert_eq!(charged_pages_5_10("task_storage", 4, 16, 0, 1, 8), 0);
+    }
+
+    /// What a 5.10 guest (2 online, 8 possible) sent: off-CPU through
+    /// raw_tp + hash, every figure the kernel's RLIMIT_MEMLOCK charge.
+    fn guest_5_10() -> GuestOutput {
+        let stats = json!({
+            "online_cpus": 2, "online_cpus_at_end": 2, "possible_cpus": 8,
+            "samples": {"received": 188, "per_cpu": {"0": 90, "1": 98}},
+            "maps": [
+                {"name": "events", "map_type": "RingBuf", "max_entries": 65536, "planned_bytes": 78408, "memlock_bytes": 81920},
+                {"name": "scratch", "map_type": "PercpuArray", "max_entries": 1, "planned_bytes": 16960, "memlock_bytes": 20480},
+                {"name": "counters", "map_type": "Array", "max_entries": 16, "planned_bytes": 440, "memlock_bytes": 4096},
+                {"name": "offcpu_hash", "map_type": "Hash", "max_entries": 1024, "planned_bytes": 17472, "memlock_bytes": 94208},
+                {"name": "rodata", "map_type": "Array", "max_entries": 1, "planned_bytes": 8192, "memlock_bytes": 8192}
+            ],
+            "total_memlock_bytes": 208_896, "total_planned_bytes": 121_472,
+            "off_cpu": {"hook": "raw_tp/sched_switch", "store": "hash", "recorded": 743}
+        });
+        let plan = json!({
+            "total_bytes_floor": 121_472, "total_bytes_cap": 663_936,
+            "maps": [
+                {"name": "events", "map_type": "ringbuf", "key_size": 0, "value_size": 0, "max_entries": 65536, "map_flags": 0},
+                {"name": "scratch", "map_type": "percpu_array", "key_size": 4, "value_size": 2080, "max_entries": 1, "map_flags": 0},
+                {"name": "counters", "map_type": "array", "key_size": 4, "value_size": 8, "max_entries": 16, "map_flags": 0},
+                {"name": "offcpu_hash", "map_type": "hash", "key_size": 4, "value_size": 16, "max_entries": 1024, "map_flags": 1},
+                {"name": "rodata", "map_type": "array", "key_size": 4, "value_size": 64, "max_entries": 1, "map_flags": 1152}
+            ]
+        });
+        let mut out = output(&stats, &plan, &[], "");
+        let check = json!({
+            "features": {"task_storage_map": {"ok": false, "error": "Invalid argument (os error 22)"}},
+            "off_cpu_hook": "raw_tp/sched_switch"
+        });
+        out.files
+            .insert("check".into(), check.to_string().into_bytes());
+        out
+    }
+
+    #[test]
+    fn a_5_10_guest_uses_raw_tp_and_a_hash_and_its_check_names_task_storage() {
+        let s510: Series = "5.10".parse().unwrap();
+        let out = guest_5_10();
+        let (checks, figures) = evaluate(&spec(2, 8, Scenario::Matrix), s510, &out, None);
+        assert_eq!(failed(&checks), Vec::<&str>::new(), "{checks:#?}");
+        assert!(figures
+            .maps
+            .iter()
+            .all(|m| m.expected_from == "5.10 charge model"));
+        let named = checks
+            .iter()
+            .find(|c| c.name == "kestrel check names what the kernel lacks")
+            .unwrap();
+        assert!(named
+            .detail
+            .contains("task storage map: NO [Invalid argument"));
+
+        // The same output is wrong for 6.1, which has task storage (and
+        // whose memlock is another estimate).
+        let (checks, _) = evaluate(
+            &spec(2, 8, Scenario::Matrix),
+            "6.1".parse().unwrap(),
+            &out,
+            None,
+        );
+        let wrong = failed(&checks);
+        for name in [
+            "off-CPU through the hook this kernel allows",
+            "kestrel check names what the kernel lacks",
+            "each map's memlock = 6.1 estimate model (exact)",
+        ] {
+            assert!(wrong.contains(&name), "{name}: {wrong:?}");
+        }
+
+        // No off-CPU waits recorded fails on any kernel.
+        let mut quiet = guest_5_10();
+        let mut stats: serde_json::Value =
+            serde_json::from_slice(quiet.file("stats").unwrap()).unwrap();
+        stats["off_cpu"]["recorded"] = json!(0);
+        quiet
+            .files
+            .insert("stats".into(), stats.to_string().into_bytes());
+        let (checks, _) = evaluate(&spec(2, 8, Scenario::Matrix), s510, &quiet, None);
+        assert_eq!(
+            failed(&checks),
+            ["off-CPU through the hook this kernel allows"]
+        );
     }
 
     #[test]
@@ -1022,6 +1404,23 @@ mod tests {
         })
     }
 
+    /// The plan's cap at `online` CPUs in these tests (it grows with them).
+    fn cap_at(online: u64) -> u64 {
+        800_000 + 250_000 * online
+    }
+
+    /// Fills each re-plan's caps: the cap at its online CPUs, after the cap
+    /// of the re-plan before (the first after the cap at `start_online`).
+    fn fill_caps(stats: &mut serde_json::Value, start_online: u64) {
+        let mut before = cap_at(start_online);
+        for replan in stats["replans"].as_array_mut().unwrap() {
+            let cap = cap_at(replan["online_cpus"].as_u64().unwrap());
+            replan["old_total_bytes_cap"] = json!(before);
+            replan["new_total_bytes_cap"] = json!(cap);
+            before = cap;
+        }
+    }
+
     /// The 2/8 guest's files after its ring grew by 64 KiB for the two
     /// added CPUs (the final plan is the last re-plan's).
     fn hotplug_2_8_files(per_cpu: serde_json::Value) -> (serde_json::Value, serde_json::Value) {
@@ -1036,6 +1435,7 @@ mod tests {
             replan(2.3, "cpus_online", 4, 565_120, 630_656),
             replan(5.5, "cpus_offline", 3, 630_656, 630_656),
         ]);
+        fill_caps(&mut stats, 2);
         (stats, plan)
     }
 
@@ -1092,6 +1492,7 @@ mod tests {
             replan(10.0, "cpus_offline", 5, PEAK, PEAK),
             replan(10.3, "cpus_offline", 2, PEAK, START),
         ]);
+        fill_caps(&mut stats, 2);
         let mut events: Vec<String> = vec!["recording".into()];
         let mut log = String::new();
         for cpu in 2..8 {
@@ -1152,10 +1553,18 @@ mod tests {
         let (good, _, _, _) = hotplug_2_64();
         let online = ["plan followed the CPUs online"];
 
-        // Kestrel never re-planned for all eight CPUs.
+        // Kestrel never re-planned for all eight CPUs (nor did the cap get there).
         let mut stats = good.clone();
         stats["replans"][2]["online_cpus"] = json!(7);
-        assert_eq!(failed_2_64(&stats, true), online);
+        fill_caps(&mut stats, 2);
+        assert_eq!(
+            failed_2_64(&stats, true),
+            [
+                online[0],
+                "cap grew with the CPUs added",
+                "cap returned with the CPUs gone"
+            ]
+        );
 
         // It re-planned, but the plan never grew although it must…
         let mut stats = good.clone();
@@ -1193,22 +1602,69 @@ mod tests {
         stats["total_planned_bytes"] = json!(PEAK);
         assert_eq!(failed_2_64(&stats, true), offline);
 
-        // Kestrel's last offline re-plan saw 3 CPUs, not 2.
+        // Kestrel's last offline re-plan saw 3 CPUs, not 2 (and so its cap
+        // is not the one the record started with).
         let mut stats = good.clone();
         stats["replans"][4]["online_cpus"] = json!(3);
-        assert_eq!(failed_2_64(&stats, true), offline);
+        fill_caps(&mut stats, 2);
+        assert_eq!(
+            failed_2_64(&stats, true),
+            [offline[0], "cap returned with the CPUs gone"]
+        );
 
         // No offline re-plan after the CPUs came online.
         let mut stats = good.clone();
         let replans = stats["replans"].as_array_mut().unwrap();
         replans.truncate(3);
         stats["total_planned_bytes"] = json!(PEAK);
-        assert_eq!(failed_2_64(&stats, true), offline);
+        assert_eq!(
+            failed_2_64(&stats, true),
+            [offline[0], "cap returned with the CPUs gone"]
+        );
 
         // stats.json's maps are not sized as the last re-plan said.
         let mut stats = good;
         stats["total_planned_bytes"] = json!(PEAK);
         assert_eq!(failed_2_64(&stats, true), ["final plan = last re-plan"]);
+    }
+
+    #[test]
+    fn the_cap_must_grow_with_the_added_cpus_and_return_when_they_go() {
+        let (good, _, _, _) = hotplug_2_64();
+        let grew = "cap grew with the CPUs added";
+        let returned = "cap returned with the CPUs gone";
+        // The floor never moved (plan_grows false), the cap still must.
+        let mut flat = good.clone();
+        for replan in flat["replans"].as_array_mut().unwrap() {
+            replan["old_total_bytes"] = json!(START);
+            replan["new_total_bytes"] = json!(START);
+        }
+        assert_eq!(failed_2_64(&flat, false), Vec::<String>::new());
+
+        // A cap that ignores the CPUs (what recording the floor would show).
+        let mut stats = flat.clone();
+        for replan in stats["replans"].as_array_mut().unwrap() {
+            replan["old_total_bytes_cap"] = json!(cap_at(2));
+            replan["new_total_bytes_cap"] = json!(cap_at(2));
+        }
+        assert_eq!(failed_2_64(&stats, false), [grew, returned]);
+
+        // The cap stayed at its peak after every added CPU went offline.
+        let mut stats = flat.clone();
+        stats["replans"][4]["new_total_bytes_cap"] = json!(cap_at(8));
+        let failed = failed_2_64(&stats, false);
+        assert!(failed.contains(&returned.to_owned()), "{failed:?}");
+
+        // Back at 2 online with a cap other than the one it started with.
+        let mut stats = flat.clone();
+        stats["replans"][4]["new_total_bytes_cap"] = json!(cap_at(2) + 4096);
+        assert_eq!(failed_2_64(&stats, false), [grew, returned]);
+
+        // More online CPUs with a smaller cap.
+        let mut stats = flat;
+        stats["replans"][1]["new_total_bytes_cap"] = json!(cap_at(2) - 1);
+        stats["replans"][3]["new_total_bytes_cap"] = json!(cap_at(2) - 1);
+        assert_eq!(failed_2_64(&stats, false), [grew]);
     }
 
     #[test]

@@ -72,6 +72,19 @@ impl fmt::Display for GuestSpec {
     }
 }
 
+/// The most possible CPUs a guest of `series` can have under this QEMU and
+/// TCG: where `possible_cpus=` can raise the count (Linux < 6.9: 5.10, 6.1)
+/// the rig's largest row, 1024, through that argument; on 6.9+ the `pc`
+/// machine's [`PC_MAX_CPUS`] through `-smp maxcpus=`, as QEMU 7.2 refuses
+/// more under TCG ("requires kernel irqchip and X2APIC API support").
+pub fn most_possible_cpus(series: Series) -> u32 {
+    if series.possible_cpus_param_can_raise() {
+        1024
+    } else {
+        PC_MAX_CPUS
+    }
+}
+
 /// Why a guest cannot be built on this kernel, if it cannot.
 pub fn unsupported_reason(spec: &GuestSpec, series: Series) -> Option<String> {
     if spec.possible > PC_MAX_CPUS && !series.possible_cpus_param_can_raise() {

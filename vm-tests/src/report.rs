@@ -149,7 +149,7 @@ pub fn render(report: &Report) -> String {
                     .unwrap_or(0)
             })
             .min();
-        let estimate = row.accounting == Some(Accounting::FootprintEstimate);
+        let estimate = row.accounting.is_some_and(Accounting::is_estimate);
         let bound = match row.growth.as_ref().and_then(|g| g.bound_bytes) {
             Some(_) => "<=8MiB, +<=1MiB".to_owned(),
             None if row.status == Status::Skip => "-".to_owned(),
@@ -216,7 +216,8 @@ pub fn render(report: &Report) -> String {
     }
     out.push_str(
         "\nmeasured B: sum of the maps' fdinfo memlock. *: kernel < 6.4, where memlock is a page-rounded\n\
-         ESTIMATE, not real usage; it is checked against the rig's model of that estimate, not the plan.\n\
+         ESTIMATE, not real usage (5.11-6.3: bpf_map_memory_footprint; < 5.11: the RLIMIT_MEMLOCK charge);\n\
+         it is checked against the rig's model of that estimate, not the plan.\n\
          planned B: the record's plan at floor. +possible B: per map, memlock minus the (O, O) guest's\n\
          (maps live tiers resized for load left out; see the JSON).\n",
     );

@@ -31,6 +31,13 @@ pub struct ReplanRecord {
     /// The plan's total kernel bytes before and after (as created).
     pub old_total_bytes: u64,
     pub new_total_bytes: u64,
+    /// The plan's most (`total_bytes_cap`) before and after: it follows the
+    /// online CPUs where the floor does not (the ring's floor covers many).
+    pub old_total_bytes_cap: u64,
+    pub new_total_bytes_cap: u64,
+    /// The ring's growth cap (`max_entries_cap`, data bytes) before and after.
+    pub old_entries_cap: u32,
+    pub new_entries_cap: u32,
 }
 
 pub struct LiveTiers {
@@ -133,11 +140,11 @@ impl LiveTiers {
         let old = self
             .plan
             .get(EVENTS_MAP)
-            .map(|r| (r.max_entries, r.bytes_floor))
+            .map(|r| (r.max_entries, r.bytes_floor, r.max_entries_cap))
             .unwrap_or_default();
         let new = new_plan
             .get(EVENTS_MAP)
-            .map(|r| (r.max_entries, r.bytes_floor))
+            .map(|r| (r.max_entries, r.bytes_floor, r.max_entries_cap))
             .unwrap_or_default();
         let needs_swap = new_plan.maps.iter().any(|row| {
             self.plan
@@ -177,6 +184,10 @@ impl LiveTiers {
             online_cpus: self.inputs.topology.online.len(),
             old_total_bytes: self.plan.total_bytes_floor,
             new_total_bytes: new_plan.total_bytes_floor,
+            old_total_bytes_cap: self.plan.total_bytes_cap,
+            new_total_bytes_cap: new_plan.total_bytes_cap,
+            old_entries_cap: old.2,
+            new_entries_cap: new.2,
         };
         info!(
             ?reason,
