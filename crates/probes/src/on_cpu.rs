@@ -52,6 +52,11 @@ impl OnCpuProbe {
     }
 }
 
+/// `perf_event_open` on a CPU that is not online answers ENODEV.
+fn went_offline(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ENODEV)
+}
+
 impl Probe for OnCpuProbe {
     fn name(&self) -> &'static str {
         "on_cpu"
@@ -63,7 +68,16 @@ impl Probe for OnCpuProbe {
 
     fn attach(&mut self, object: &Object, online: &[u32]) -> Result<(), ProbeError> {
         for &cpu in online {
-            self.attach_cpu(object, cpu)?;
+            match self.attach_cpu(object, cpu) {
+                // The CPU went offline between reading the online mask and
+                // opening its event (seen during re-plans under CPU hot-plug):
+                // nothing to sample there; the next hot-plug check sees it
+                // gone, and `cpu_online` attaches it if it comes back.
+                Err(ProbeError::PerfEvent { cpu, source }) if went_offline(&source) => {
+                    debug!(cpu, "CPU went offline while attaching; skipped");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
