@@ -2,10 +2,11 @@
 //!
 //! Distribution binaries keep only `.dynsym`; their static functions are named
 //! by a separate debug file. For each mapped file the symbolizer thread decides
-//! once where names come from, in this order: the file itself (`.symtab`,
-//! DWARF), `<debug dir>/.build-id/xx/rest.debug` (build ID checked), the
+//! once where names come from, in this order: the file's own DWARF,
+//! `<debug dir>/.build-id/xx/rest.debug` (build ID checked), the
 //! `.gnu_debuglink` name (CRC checked) beside the file, in its `.debug/` and
-//! under `<debug dir>/<file's dir>`, then debuginfod servers. Local paths are
+//! under `<debug dir>/<file's dir>`, the file's own `.symtab`, then (for files
+//! with none of these) debuginfod servers. Local paths are
 //! tried inside the process's root (`/proc/PID/root`) before the host's, so a
 //! container's own debug files win.
 //!
@@ -92,6 +93,8 @@ pub(crate) struct DebuginfodConfig {
     pub dir: PathBuf,
     pub cache_bytes: u64,
     pub max_in_flight: usize,
+    /// Whether `http://` may be used (configured explicitly).
+    pub allow_http: bool,
 }
 
 /// One `PT_LOAD` segment: file range and virtual address.
@@ -194,17 +197,25 @@ impl DebugInfo {
                 dwarf: false,
             };
         };
-        if facts.symtab || facts.dwarf {
+        if facts.dwarf {
             return FilePlan::Own {
                 source: NameSource::Symtab,
-                dwarf: facts.dwarf,
+                dwarf: true,
             };
         }
+        // A local debug file brings DWARF (lines, inlined frames) even to a
+        // file that kept its .symtab.
         if let Some((path, source)) = &facts.local {
             return FilePlan::Separate {
                 path: path.clone(),
                 source: *source,
                 translate: facts.segments.clone(),
+            };
+        }
+        if facts.symtab {
+            return FilePlan::Own {
+                source: NameSource::Symtab,
+                dwarf: false,
             };
         }
         if let (Some(d), Some(build_id)) = (&self.debuginfod, &facts.build_id) {
@@ -253,7 +264,7 @@ impl DebugInfo {
             .collect::<Vec<_>>()
             .into();
         facts.build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
-        if facts.symtab || facts.dwarf {
+        if facts.dwarf {
             return facts;
         }
         let link = obj
@@ -410,6 +421,8 @@ impl Debuginfod {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout))
             .http_status_as_error(false)
+            // No redirect may take an https:// server's download to http://.
+            .https_only(!config.allow_http)
             .build()
             .into();
         let config = Arc::new(config);

@@ -297,6 +297,7 @@ impl Symbols {
                     .join("debuginfod"),
                 cache_bytes: config.debuginfod_cache_bytes,
                 max_in_flight: config.debuginfod_max_in_flight.max(1) as usize,
+                allow_http: config.debuginfod_allow_http,
             }),
         };
         let debug = DebugInfo::new(debug_config, debug_counters.clone());

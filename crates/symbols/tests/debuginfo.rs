@@ -159,6 +159,40 @@ async fn debug_link_names_static_functions_of_a_stripped_binary() {
     assert_eq!(stats.named_build_id_dir, 0, "{stats:?}");
 }
 
+/// `strip --strip-debug` keeps `.symtab` but not DWARF: the linked debug file
+/// still brings the source lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_link_brings_lines_to_a_file_that_kept_its_symtab() {
+    let split = Split::build(1);
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&split.exe)
+        .arg(&split.original));
+    split.link_beside(&split.debug);
+    let cache = tempfile::tempdir().unwrap();
+    let no_dirs = tempfile::tempdir().unwrap();
+    let symbols = Symbols::new(config(cache.path(), vec![no_dirs.path().into()]))
+        .await
+        .unwrap();
+    let running = Running::start(&split);
+    symbols.observe_process(running.pid());
+    let frames = symbols
+        .symbolize_user(running.pid(), &[running.inside(STATICS[0])])
+        .await;
+    let outer = frames.iter().find(|f| !f.inlined).unwrap();
+    assert_eq!(outer.function.as_deref(), Some(STATICS[0]));
+    assert!(
+        outer
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("split.c"))
+            && outer.line.is_some(),
+        "{frames:?}"
+    );
+    assert_eq!(symbols.stats().named_debuglink, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_id_directory_names_static_functions_without_a_link() {
     let split = Split::build(1);
