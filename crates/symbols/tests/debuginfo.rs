@@ -30,10 +30,15 @@ struct Split {
 
 impl Split {
     fn build(variant: u32) -> Split {
+        Split::build_with(variant, "-rdynamic")
+    }
+
+    /// `link` is `-rdynamic` (exported functions in .dynsym) or `-static`.
+    fn build_with(variant: u32, link: &str) -> Split {
         let dir = tempfile::tempdir().unwrap();
         let original = dir.path().join("original");
         run(Command::new("gcc")
-            .args(["-g", "-O1", "-rdynamic", "-fno-toplevel-reorder"])
+            .args(["-g", "-O1", link, "-fno-toplevel-reorder"])
             .arg(format!("-DVARIANT={variant}"))
             .arg("-o")
             .arg(&original)
@@ -81,7 +86,10 @@ struct Running {
 
 impl Running {
     fn start(split: &Split) -> Running {
-        let mut program = Program::spawn(&split.exe);
+        Running::started(split, Program::spawn(&split.exe))
+    }
+
+    fn started(split: &Split, mut program: Program) -> Running {
         let main_rt = parse_hex(&program.expect_line("main"));
         program.expect_line("result");
         Running {
@@ -268,6 +276,53 @@ async fn without_debug_info_statics_are_unknown_and_exported_functions_named() {
     // Unnamed frames are not stored: asked again, they are looked up again.
     assert_statics_unknown(&symbols, &running).await;
     assert_eq!(symbols.stats().unnamed_frames, 4);
+}
+
+/// A process in its own root (chroot): its debug file exists only inside that
+/// root, under the root's /usr/lib/debug/.build-id and beside its binary. It is
+/// found through /proc/PID/root; the host's directories do not have it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containerized_process_gets_debug_files_from_its_own_root() {
+    for by_build_id in [true, false] {
+        // Static: the root needs no libraries.
+        let split = Split::build_with(1, "-static");
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("bin")).unwrap();
+        let inside = root.path().join("bin/split");
+        if by_build_id {
+            std::fs::copy(&split.exe, &inside).unwrap();
+            let id = split.build_id();
+            let at = root
+                .path()
+                .join("usr/lib/debug/.build-id")
+                .join(&id[..2])
+                .join(format!("{}.debug", &id[2..]));
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::copy(&split.debug, &at).unwrap();
+        } else {
+            split.link_beside(&split.debug);
+            std::fs::copy(&split.exe, &inside).unwrap();
+            std::fs::copy(&split.debug, root.path().join("bin/split.debug")).unwrap();
+            // Not beside the host's copy: only the root's is to be found.
+            std::fs::remove_file(split.exe.with_file_name("split.debug")).unwrap();
+        }
+        let program =
+            Program::spawn_command(Command::new("chroot").arg(root.path()).arg("/bin/split"));
+        let running = Running::started(&split, program);
+        let cache = tempfile::tempdir().unwrap();
+        let symbols = Symbols::new(config(cache.path(), vec!["/usr/lib/debug".into()]))
+            .await
+            .unwrap();
+        symbols.observe_process(running.pid());
+        assert_statics_named(&symbols, &running).await;
+        let stats = symbols.stats();
+        let named = if by_build_id {
+            stats.named_build_id_dir
+        } else {
+            stats.named_debuglink
+        };
+        assert_eq!(named, 2, "{stats:?}");
+    }
 }
 
 /// The runtime address of `vaddr` of the file mapped from `path` by `pid`.
