@@ -512,6 +512,24 @@ async fn debuginfod_downloads_once_and_failures_do_not_stop_symbolization() {
     );
     assert!(stats.named_debuginfod >= 2, "{stats:?}");
 
+    // A build ID the server does not have: one 404, remembered (not asked
+    // again within its TTL), and the frames say they have no symbols.
+    let unserved = Split::build(4);
+    let running_unserved = Running::start(&unserved);
+    symbols.observe_process(running_unserved.pid());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while symbols.stats().debuginfod_not_found == 0 {
+        let pid = running_unserved.pid();
+        let name = name_of(&symbols, pid, running_unserved.inside(STATICS[0])).await;
+        assert_eq!(name, None);
+        assert!(Instant::now() < deadline, "the 404 was never counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        assert_statics_unknown(&symbols, &running_unserved).await;
+    }
+    assert_eq!(symbols.stats().debuginfod_not_found, 1);
+
     // The server goes away: another binary's download fails, is counted, and
     // its frames stay addresses while symbolization goes on.
     server.stop();
