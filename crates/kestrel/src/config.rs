@@ -122,6 +122,20 @@ pub struct Symbols {
     /// ELF files larger than this are symbolized from their symbol table only
     /// (no DWARF lines or inlined frames), which bounds the symbolizer's memory.
     pub dwarf_max_file_bytes: u64,
+    /// Roots of separate debug files (`.build-id/xx/rest.debug`, debug links).
+    pub debug_dirs: Vec<PathBuf>,
+    /// debuginfod servers; empty means no network access.
+    pub debuginfod_urls: Vec<String>,
+    /// Also use the servers in `DEBUGINFOD_URLS`.
+    pub debuginfod_honour_env: bool,
+    /// Allow `http://` servers (HTTPS only otherwise).
+    pub debuginfod_allow_http: bool,
+    /// Bound of one download, in seconds.
+    pub debuginfod_timeout_s: u64,
+    /// Bound of the downloaded debug files under the cache directory, in bytes.
+    pub debuginfod_cache_bytes: u64,
+    /// Downloads in flight at once.
+    pub debuginfod_max_in_flight: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -206,6 +220,13 @@ impl Default for Symbols {
             memory_bytes: 32 * 1024 * 1024,
             disk_bytes: 256 * 1024 * 1024,
             dwarf_max_file_bytes: 64 * 1024 * 1024,
+            debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
+            debuginfod_urls: Vec::new(),
+            debuginfod_honour_env: false,
+            debuginfod_allow_http: false,
+            debuginfod_timeout_s: 30,
+            debuginfod_cache_bytes: 1024 * 1024 * 1024,
+            debuginfod_max_in_flight: 2,
         }
     }
 }
@@ -421,6 +442,27 @@ fn validate(c: &Config, fig: &Figment) -> Result<(), ConfigError> {
         c.symbols.disk_bytes.to_string(),
         "0 (no disk tier) or >= 8388608 (8 MiB)",
     );
+    check(
+        (1..=3600).contains(&c.symbols.debuginfod_timeout_s),
+        "symbols.debuginfod_timeout_s",
+        c.symbols.debuginfod_timeout_s.to_string(),
+        "1..=3600 seconds",
+    );
+    check(
+        (1..=64).contains(&c.symbols.debuginfod_max_in_flight),
+        "symbols.debuginfod_max_in_flight",
+        c.symbols.debuginfod_max_in_flight.to_string(),
+        "1..=64",
+    );
+    for url in &c.symbols.debuginfod_urls {
+        check(
+            url.starts_with("https://")
+                || (c.symbols.debuginfod_allow_http && url.starts_with("http://")),
+            "symbols.debuginfod_urls",
+            url.clone(),
+            "https:// URLs (http:// only with symbols.debuginfod_allow_http = true)",
+        );
+    }
     let m = &c.memory;
     check(
         m.ring_grow_above.is_finite() && m.ring_grow_above > 0.0 && m.ring_grow_above <= 1.0,

@@ -23,6 +23,10 @@ use crate::symbolizer::SymbolizerHandle;
 pub(crate) struct OpenFile {
     pub id: FileId,
     pub build_id: Option<Arc<str>>,
+    /// The first process seen mapping it, and the file's path there: where
+    /// its debug files are looked for.
+    pub origin_pid: u32,
+    pub origin_path: Option<PathBuf>,
     file: File,
     symbolizer: SymbolizerHandle,
 }
@@ -31,6 +35,10 @@ impl OpenFile {
     /// The path blazesym opens this file by.
     pub(crate) fn symbolizer_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     /// The file's size now (0 if it cannot be read).
@@ -43,7 +51,7 @@ impl Drop for OpenFile {
     fn drop(&mut self) {
         // Sent before the descriptor closes, so it reaches the symbolizer thread
         // before any request for a new file that reuses the descriptor number.
-        self.symbolizer.evict(self.symbolizer_path());
+        self.symbolizer.evict(self.symbolizer_path(), Some(self.id));
     }
 }
 
@@ -89,6 +97,8 @@ impl FileRegistry {
         let opened = Arc::new(OpenFile {
             id: identity.id,
             build_id: identity.build_id.map(Arc::from),
+            origin_pid: pid,
+            origin_path: entry.path.map(PathBuf::from),
             file,
             symbolizer: self.symbolizer.clone(),
         });

@@ -12,6 +12,7 @@
 //! stacks of a process that has exited are still symbolized.
 
 mod cache_dir;
+mod debuginfo;
 mod files;
 mod fsutil;
 pub mod identity;
@@ -42,9 +43,11 @@ pub use crate::store::{
     CLOSE_BOUND,
 };
 
+use crate::debuginfo::{DebugConfig, DebugCounters, DebugInfo, DebuginfodConfig};
 use crate::files::{FileRegistry, OpenFile};
 use crate::jit::PerfMapCounters;
 use crate::process::{Backing, CaptureReport, ProcessState};
+pub use crate::symbolizer::UNKNOWN_NO_SYMBOLS;
 use crate::symbolizer::{Batch, BatchSource, SymbolizerHandle};
 
 /// Configuration of the symbol store.
@@ -65,6 +68,24 @@ pub struct SymbolsConfig {
     /// also dropped from the symbolizer's cache after each batch, so at most one
     /// large file is held parsed at a time.
     pub dwarf_max_file_bytes: u64,
+    /// Roots of separate debug files for files without symbols of their own:
+    /// `<dir>/.build-id/xx/rest.debug` by build ID and `<dir>/<file's dir>/<link>`
+    /// by `.gnu_debuglink`. Looked up inside a process's root first.
+    pub debug_dirs: Vec<PathBuf>,
+    /// debuginfod servers asked (in order) for debug files no local directory
+    /// has. Empty: none (no network access).
+    pub debuginfod_urls: Vec<String>,
+    /// Also use the servers in `DEBUGINFOD_URLS`.
+    pub debuginfod_honour_env: bool,
+    /// Allow `http://` servers (HTTPS only otherwise), e.g. one on loopback.
+    pub debuginfod_allow_http: bool,
+    /// Bound of one download, in seconds.
+    pub debuginfod_timeout_s: u64,
+    /// Bound of the downloaded debug files on disk (under `cache_dir`), in
+    /// bytes; the oldest are removed first. Also the largest file fetched.
+    pub debuginfod_cache_bytes: u64,
+    /// Downloads in flight at once.
+    pub debuginfod_max_in_flight: u32,
 }
 
 impl Default for SymbolsConfig {
@@ -74,6 +95,13 @@ impl Default for SymbolsConfig {
             memory_bytes: 32 * 1024 * 1024,
             disk_bytes: 256 * 1024 * 1024,
             dwarf_max_file_bytes: 64 * 1024 * 1024,
+            debug_dirs: vec![PathBuf::from("/usr/lib/debug")],
+            debuginfod_urls: Vec::new(),
+            debuginfod_honour_env: false,
+            debuginfod_allow_http: false,
+            debuginfod_timeout_s: 30,
+            debuginfod_cache_bytes: 1024 * 1024 * 1024,
+            debuginfod_max_in_flight: 2,
         }
     }
 }
@@ -136,6 +164,27 @@ pub struct StoreStats {
     /// How the close ended (`open` until then) and how long it took.
     pub close_outcome: CloseOutcome,
     pub close_ms: u64,
+    /// Frames of ELF files named, by where the name came from: the file's own
+    /// `.symtab`/DWARF, its `.dynsym` only, a build-id directory, a
+    /// `.gnu_debuglink` file, a debuginfod download.
+    pub named_symtab: u64,
+    pub named_dynsym: u64,
+    pub named_build_id_dir: u64,
+    pub named_debuglink: u64,
+    pub named_debuginfod: u64,
+    /// Frames of ELF files no symbol covers (named `[unknown: no symbols]`),
+    /// and frames reported by address while their debug file downloads.
+    pub unnamed_frames: u64,
+    pub pending_frames: u64,
+    /// Candidate debug files refused (build ID or CRC differs, unreadable).
+    pub debug_files_refused: u64,
+    /// debuginfod: files downloaded and their bytes, build IDs no server has,
+    /// failed downloads (server down, timeout, wrong file), cache evictions.
+    pub debuginfod_downloads: u64,
+    pub debuginfod_bytes: u64,
+    pub debuginfod_not_found: u64,
+    pub debuginfod_failures: u64,
+    pub debuginfod_evictions: u64,
 }
 
 /// One process image: a pid and which execve of it made the image (the low 16
@@ -183,6 +232,7 @@ pub struct Symbols {
     /// Frames sent to the symbolizer: of ELF files, of the kernel.
     symbolized_file_frames: AtomicU64,
     symbolized_kernel_frames: AtomicU64,
+    debug_counters: Arc<DebugCounters>,
 }
 
 impl std::fmt::Debug for Symbols {
@@ -229,8 +279,34 @@ impl Symbols {
         })
         .await
         .map_err(SymbolsError::Store)?;
-        let (symbolizer, _join) =
-            SymbolizerHandle::spawn(config.dwarf_max_file_bytes).map_err(SymbolsError::Thread)?;
+        let debug_counters = Arc::new(DebugCounters::default());
+        let urls = debuginfo::server_urls(
+            &config.debuginfod_urls,
+            config.debuginfod_honour_env,
+            config.debuginfod_allow_http,
+        );
+        let debug_config = DebugConfig {
+            debug_dirs: config.debug_dirs.clone(),
+            debuginfod: (!urls.is_empty()).then(|| DebuginfodConfig {
+                urls,
+                timeout: std::time::Duration::from_secs(config.debuginfod_timeout_s.max(1)),
+                dir: config
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(default_cache_dir)
+                    .join("debuginfod"),
+                cache_bytes: config.debuginfod_cache_bytes,
+                max_in_flight: config.debuginfod_max_in_flight.max(1) as usize,
+                allow_http: config.debuginfod_allow_http,
+            }),
+        };
+        let debug = DebugInfo::new(debug_config, debug_counters.clone());
+        let (symbolizer, _join) = SymbolizerHandle::spawn(
+            config.dwarf_max_file_bytes,
+            debug,
+            config.debug_dirs.clone(),
+        )
+        .map_err(SymbolsError::Thread)?;
         let (kernel_id, _) = identity::kernel_file_id();
         Ok(Symbols {
             store,
@@ -242,6 +318,7 @@ impl Symbols {
             errors: AtomicU64::new(0),
             symbolized_file_frames: AtomicU64::new(0),
             symbolized_kernel_frames: AtomicU64::new(0),
+            debug_counters,
         })
     }
 
@@ -594,9 +671,12 @@ impl Symbols {
                 Some(results) => {
                     for (result, keys) in results.into_iter().zip(keys) {
                         match result {
-                            Ok(batch_values) => {
-                                for (key, v) in keys.into_iter().zip(batch_values) {
-                                    self.store.insert(key, v.clone()).await;
+                            Ok(batch) => {
+                                let values = batch.values.into_iter().zip(batch.cacheable);
+                                for (key, (v, cacheable)) in keys.into_iter().zip(values) {
+                                    if cacheable {
+                                        self.store.insert(key, v.clone()).await;
+                                    }
                                     found.insert(key, v);
                                 }
                             }
@@ -644,6 +724,8 @@ impl Symbols {
 
     pub fn stats(&self) -> StoreStats {
         let c = self.store.counters();
+        let d = &self.debug_counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StoreStats {
             hits: c.hits,
             misses: c.misses,
@@ -672,6 +754,19 @@ impl Symbols {
             open_ms: c.open_time.as_millis() as u64,
             close_outcome: c.close.outcome,
             close_ms: c.close.elapsed.as_millis() as u64,
+            named_symtab: load(&d.named_symtab),
+            named_dynsym: load(&d.named_dynsym),
+            named_build_id_dir: load(&d.named_build_id_dir),
+            named_debuglink: load(&d.named_debuglink),
+            named_debuginfod: load(&d.named_debuginfod),
+            unnamed_frames: load(&d.unnamed),
+            pending_frames: load(&d.pending),
+            debug_files_refused: load(&d.refused),
+            debuginfod_downloads: load(&d.downloads),
+            debuginfod_bytes: load(&d.download_bytes),
+            debuginfod_not_found: load(&d.not_found),
+            debuginfod_failures: load(&d.failures),
+            debuginfod_evictions: load(&d.cache_evictions),
         }
     }
 }

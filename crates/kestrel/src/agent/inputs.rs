@@ -125,6 +125,13 @@ pub fn symbols_config(config: &Config) -> SymbolsConfig {
         memory_bytes: config.symbols.memory_bytes,
         disk_bytes: config.symbols.disk_bytes,
         dwarf_max_file_bytes: config.symbols.dwarf_max_file_bytes,
+        debug_dirs: config.symbols.debug_dirs.clone(),
+        debuginfod_urls: config.symbols.debuginfod_urls.clone(),
+        debuginfod_honour_env: config.symbols.debuginfod_honour_env,
+        debuginfod_allow_http: config.symbols.debuginfod_allow_http,
+        debuginfod_timeout_s: config.symbols.debuginfod_timeout_s,
+        debuginfod_cache_bytes: config.symbols.debuginfod_cache_bytes,
+        debuginfod_max_in_flight: config.symbols.debuginfod_max_in_flight,
     }
 }
 

@@ -37,7 +37,12 @@ pub struct Program {
 
 impl Program {
     pub fn spawn(path: &Path) -> Program {
-        let mut child = Command::new(path)
+        Program::spawn_command(&mut Command::new(path))
+    }
+
+    /// Runs `command` (e.g. a program under `chroot`) with piped stdin/stdout.
+    pub fn spawn_command(command: &mut Command) -> Program {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
