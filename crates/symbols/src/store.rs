@@ -744,10 +744,19 @@ impl SymbolStore {
     /// calls return the first close's report.
     pub async fn close(&self, bound: Duration) -> CloseReport {
         let started = Instant::now();
-        let outcome = match tokio::time::timeout(bound, self.close_disk()).await {
-            Ok(Some(outcome)) => outcome,
-            Ok(None) => return self.close_report(),
-            Err(_) => CloseOutcome::TimedOut,
+        // A zero bound allows no wait at all: timed out, even when the close
+        // could have finished on its first poll (which `timeout` would allow).
+        let outcome = if bound.is_zero() {
+            if self.closed.load(Ordering::Acquire) {
+                return self.close_report();
+            }
+            CloseOutcome::TimedOut
+        } else {
+            match tokio::time::timeout(bound, self.close_disk()).await {
+                Ok(Some(outcome)) => outcome,
+                Ok(None) => return self.close_report(),
+                Err(_) => CloseOutcome::TimedOut,
+            }
         };
         self.closed.store(true, Ordering::Release);
         let report = CloseReport {
