@@ -8,7 +8,8 @@ use crate::cost::{self, map_bytes, task_storage_buckets, task_storage_bytes_per_
 use crate::{
     CpuSet, MapType, SizingError, Topology, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG,
     EXPECTED_FRAMES_PER_STACK, MAX_STACK_DEPTH, NUM_COUNTERS, RECORD_HEADER_BYTES,
-    RECORD_MAX_BYTES, RODATA_BYTES, WAKE_RECORD_BYTES,
+    PROC_MAPPINGS_VALUE_BYTES, RECORD_MAX_BYTES, RODATA_BYTES, UNWIND_FILE_VALUE_BYTES,
+    WAKE_RECORD_BYTES,
 };
 
 /// Smallest `events` ring buffer: room for bursts at any rate.
@@ -27,6 +28,15 @@ pub const OFFCPU_VALUE_BYTES: u32 = 16;
 pub const DEFAULT_MEMORY_CAP_BYTES: u64 = 8 * 1024 * 1024;
 /// `PID_MAX_LIMIT` on 64-bit Linux: a PID filter can never need more.
 pub const PID_FILTER_MAX_LEN: u32 = 1 << 22;
+
+/// Files whose tables can be loaded at once (`unwind_files` entries): a
+/// service maps tens of executable files; 256 leaves room for many processes
+/// with different libraries. An entry costs 8 B key + 16 B value + hash
+/// overhead, so the floor stays small.
+pub const UNWIND_FILES_ENTRIES: u32 = 256;
+/// Processes whose mappings the unwinder holds when every process is sampled
+/// (with a PID filter: the filter's length).
+pub const UNWIND_PROCESSES_DEFAULT: u32 = 128;
 
 const KEY_U32_BYTES: u32 = 4;
 const PAGE_SIZE_U32: u32 = 4096;
@@ -69,6 +79,10 @@ pub struct PlanInputs {
     /// after growth or shrink); `None` starts at the size the on-CPU rate needs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_bytes: Option<u32>,
+    /// Bytes the unwind tables' three pools (`unwind_rows`, `unwind_pages`,
+    /// `unwind_rules`) may hold together; 0: the table unwinder is off and
+    /// none of its maps exists.
+    pub unwind_cap_bytes: u64,
 }
 
 fn serialize_millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -88,6 +102,7 @@ impl Default for PlanInputs {
             pid_filter_len: 0,
             off_cpu_state: OffCpuState::TaskStorage,
             events_bytes: None,
+            unwind_cap_bytes: 0,
         }
     }
 }
@@ -277,6 +292,9 @@ pub fn plan(inputs: &PlanInputs) -> Result<MapPlan, SizingError> {
     }
     if inputs.off_cpu_probability > 0.0 {
         maps.push(off_cpu_row(inputs, possible));
+    }
+    if inputs.unwind_cap_bytes > 0 {
+        maps.extend(unwind_rows(inputs, possible));
     }
     maps.push(rodata_row(possible));
 
@@ -668,6 +686,86 @@ fn pid_filter_row(pid_filter_len: u32, possible: u32) -> MapRow {
         },
         possible,
     )
+}
+
+/// The table unwinder's maps. The cap (`unwind_cap_bytes`) is split among the
+/// three pools by what tables need, measured on glibc 2.36 and python 3.11
+/// (kestrel-unwind's README): rows dominate (4 B each, ~23k for libc), pages
+/// are 4 B per 64 KiB of file, rules 8 B × ~300 per file. Rows get 7/8 of the
+/// cap, pages and rules 1/16 each. All three are arrays (allocated whole at
+/// load: the cap is the floor, no growth), which the loader fills and evicts
+/// in by least recently sampled file. `unwind_files` holds
+/// [`UNWIND_FILES_ENTRIES`] files; `proc_mappings` one value per process.
+fn unwind_rows(inputs: &PlanInputs, possible: u32) -> Vec<MapRow> {
+    let cap = inputs.unwind_cap_bytes;
+    let pool = |name: &'static str, share_16ths: u64, elem: u32| {
+        let entries = u32::try_from((cap * share_16ths / 16 / u64::from(elem)).max(1))
+            .unwrap_or(u32::MAX);
+        build_row(
+            RowSpec {
+                name,
+                map_type: MapType::Array,
+                key_size: KEY_U32_BYTES,
+                value_size: elem,
+                max_entries: entries,
+                map_flags: 0,
+                tier: Tier::Cap,
+                filled_at_cap: u64::from(entries),
+                formula: format!(
+                    "{share_16ths}/16 × {cap} B unwind cap / {elem} B = {entries} entries"
+                ),
+                formula_inputs: vec![("unwind_cap_bytes", cap.to_string())],
+            },
+            possible,
+        )
+    };
+    let processes = if inputs.pid_filter_len > 0 {
+        next_pow2(u64::from(inputs.pid_filter_len))
+    } else {
+        UNWIND_PROCESSES_DEFAULT
+    };
+    vec![
+        pool("unwind_rows", 14, 4),
+        pool("unwind_pages", 1, 4),
+        pool("unwind_rules", 1, 8),
+        build_row(
+            RowSpec {
+                name: "unwind_files",
+                map_type: MapType::Hash,
+                key_size: 8,
+                value_size: UNWIND_FILE_VALUE_BYTES,
+                max_entries: UNWIND_FILES_ENTRIES,
+                map_flags: 0,
+                tier: Tier::Floor,
+                filled_at_cap: u64::from(UNWIND_FILES_ENTRIES),
+                formula: format!("{UNWIND_FILES_ENTRIES} files (fixed), preallocated"),
+                formula_inputs: vec![],
+            },
+            possible,
+        ),
+        build_row(
+            RowSpec {
+                name: "proc_mappings",
+                map_type: MapType::Hash,
+                key_size: KEY_U32_BYTES,
+                value_size: PROC_MAPPINGS_VALUE_BYTES,
+                max_entries: processes,
+                map_flags: 0,
+                tier: Tier::Floor,
+                filled_at_cap: u64::from(processes),
+                formula: if inputs.pid_filter_len > 0 {
+                    format!(
+                        "next_pow2({} PIDs) = {processes} processes × {PROC_MAPPINGS_VALUE_BYTES} B, preallocated",
+                        inputs.pid_filter_len
+                    )
+                } else {
+                    format!("{processes} processes (every process sampled) × {PROC_MAPPINGS_VALUE_BYTES} B, preallocated")
+                },
+                formula_inputs: vec![("pid_filter_len", inputs.pid_filter_len.to_string())],
+            },
+            possible,
+        ),
+    ]
 }
 
 fn off_cpu_row(inputs: &PlanInputs, possible: u32) -> MapRow {

@@ -91,6 +91,11 @@ pub fn plan_inputs(config: &Config, topology: Topology, off_cpu_state: OffCpuSta
         pid_filter_len: u32::try_from(config.sampling.pids.len()).unwrap_or(u32::MAX),
         off_cpu_state,
         events_bytes: None,
+        unwind_cap_bytes: if config.sampling.unwind_tables() {
+            config.memory.unwind_cap_bytes
+        } else {
+            0
+        },
     }
 }
 
@@ -111,6 +116,7 @@ pub fn probe_config(config: &Config) -> ProbeConfig {
         profile_self: config.sampling.profile_self,
         stack_depth: config.sampling.stack_depth,
         off_cpu_hook: config.off_cpu.forced_hook(),
+        unwind_tables: config.sampling.unwind_tables(),
     }
 }
 
