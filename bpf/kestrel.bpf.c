@@ -80,13 +80,13 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct kestrel_u32_chunk);
 } unwind_pages SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, struct kestrel_u32_chunk);
 } unwind_rows SEC(".maps");
 
 struct {
@@ -165,6 +165,15 @@ static __always_inline __u32 opaque_u32(__u32 v)
 
 	bpf_probe_read_kernel(&out, sizeof(out), &v);
 	return out;
+}
+
+/* Element `index` of a pool of u32 chunks (unwind_rows, unwind_pages). */
+static __always_inline __u32 *pool_u32(void *pool, __u32 index)
+{
+	__u32 chunk = index / UNWIND_CHUNK;
+	struct kestrel_u32_chunk *c = bpf_map_lookup_elem(pool, &chunk);
+
+	return c ? &c->v[index & (UNWIND_CHUNK - 1)] : NULL;
 }
 
 static __always_inline bool read_user(__u64 *dst, __u64 addr)
@@ -267,9 +276,8 @@ __attribute__((noinline)) int kestrel_unwind_step(struct kestrel_walk *st)
 	if ((offset >> 32) || page >= file->page_count)
 		return fp_step(st, UNWIND_END_NO_TABLE);
 	page_index = file->page_base + page;
-	p0 = bpf_map_lookup_elem(&unwind_pages, &page_index);
-	page_index++;
-	p1 = bpf_map_lookup_elem(&unwind_pages, &page_index);
+	p0 = pool_u32(&unwind_pages, page_index);
+	p1 = pool_u32(&unwind_pages, page_index + 1);
 	if (!p0 || !p1)
 		return fp_step(st, UNWIND_END_NO_TABLE);
 	/* Last row <= (offset & 0xffff) << 16 | 0xffff in [*p0, *p1). */
@@ -280,7 +288,7 @@ __attribute__((noinline)) int kestrel_unwind_step(struct kestrel_walk *st)
 	for (k = 0; k < ROW_SEARCH_STEPS && lo < hi; k++) {
 		__u32 mid = opaque_u32(lo + (hi - lo) / 2);
 
-		row = bpf_map_lookup_elem(&unwind_rows, &mid);
+		row = pool_u32(&unwind_rows, mid);
 		if (!row)
 			break;
 		if (*row <= key)
@@ -291,7 +299,7 @@ __attribute__((noinline)) int kestrel_unwind_step(struct kestrel_walk *st)
 	if (lo == first)
 		return fp_step(st, UNWIND_END_NO_TABLE);
 	found = lo - 1;
-	row = bpf_map_lookup_elem(&unwind_rows, &found);
+	row = pool_u32(&unwind_rows, found);
 	if (!row || (*row & 0xffff) == 0xffff)
 		return fp_step(st, UNWIND_END_NO_TABLE);
 	rule_index = file->rule_base + (*row & 0xffff);

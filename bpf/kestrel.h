@@ -53,6 +53,14 @@ enum kestrel_unwind_end {
  * (kestrel_unwind::MAX_SEARCH_STEPS). */
 #define ROW_SEARCH_STEPS 17
 
+/* unwind_rows and unwind_pages hold u32s in chunks of 16: an array's kernel
+ * element is rounded up to 8 bytes, so one u32 per element would cost twice
+ * its size. A table's rows and pages start at a multiple of 16. */
+#define UNWIND_CHUNK 16
+struct kestrel_u32_chunk {
+	__u32 v[UNWIND_CHUNK];
+};
+
 /* One executable mapping: pc - bias is the file offset (bias = start - pgoff). */
 struct kestrel_mapping {
 	__u64 start;
@@ -194,6 +202,7 @@ _Static_assert(sizeof(struct kestrel_proc_mappings) == 8 + 32 * MAX_PROC_MAPPING
 	       "PROC_MAPPINGS_VALUE_BYTES");
 _Static_assert(sizeof(struct kestrel_unwind_file) == 16, "UNWIND_FILE_VALUE_BYTES");
 _Static_assert(sizeof(struct kestrel_unwind_rule) == 8, "UNWIND_RULE_BYTES");
+_Static_assert(sizeof(struct kestrel_u32_chunk) == 64, "UNWIND_CHUNK_BYTES");
 _Static_assert((1 << (MAPPING_SEARCH_STEPS - 1)) >= MAX_PROC_MAPPINGS, "mapping search steps");
 /* User space reads KESTREL_NUM_COUNTERS slots: the highest counter must be below it. */
 _Static_assert(COUNTER_UNWIND_NO_PROCESS < KESTREL_NUM_COUNTERS, "counter past the map");

@@ -180,7 +180,12 @@ mod tests {
                 bias,
                 file_key
             }),
-            &[("start", 0, 8), ("end", 8, 8), ("bias", 16, 8), ("file_key", 24, 8)],
+            &[
+                ("start", 0, 8),
+                ("end", 8, 8),
+                ("bias", 16, 8),
+                ("file_key", 24, 8),
+            ],
             size_of::<kestrel_mapping>(),
         );
         assert_layout(
@@ -190,7 +195,11 @@ mod tests {
                 reserved,
                 mappings
             }),
-            &[("count", 0, 4), ("reserved", 4, 4), ("mappings", 8, 64 * 32)],
+            &[
+                ("count", 0, 4),
+                ("reserved", 4, 4),
+                ("mappings", 8, 64 * 32),
+            ],
             size_of::<kestrel_proc_mappings>(),
         );
         assert_layout(
@@ -270,7 +279,14 @@ mod tests {
             as_u32(size_of::<kestrel_unwind_file>()),
             kestrel_sizing::UNWIND_FILE_VALUE_BYTES
         );
-        assert_eq!(size_of::<kestrel_unwind_rule>(), kestrel_unwind::RawRule::SIZE);
+        assert_eq!(
+            size_of::<kestrel_unwind_rule>(),
+            kestrel_unwind::RawRule::SIZE
+        );
+        assert_eq!(
+            as_u32(size_of::<kestrel_u32_chunk>()),
+            kestrel_sizing::UNWIND_CHUNK_BYTES
+        );
         // The frame buffer holds a kernel and a user stack of the deepest depth.
         let sample = kestrel_sample::default();
         assert_eq!(

@@ -23,8 +23,8 @@ use thiserror::Error;
 
 pub use features::{KernelFeatures, OffCpuHook, Outcome};
 pub use record::{RawSample, SampleKind};
-pub use unwind::{parse_exec_mappings, ExecMapping, UnwindStats};
 pub use session::{Counters, CpuChange, MapMemory, Session, OFF_CPU_IN_FLIGHT_COUNTER};
+pub use unwind::{parse_exec_mappings, ExecMapping, UnwindStats};
 
 /// What the probes are asked to do; validated by the binary's configuration.
 #[derive(Debug, Clone)]

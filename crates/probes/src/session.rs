@@ -13,8 +13,8 @@ use crate::abi::bytes_of;
 use crate::bpf::skel::types::{kestrel_config, kestrel_counter as Counter, rodata};
 use crate::bpf::KESTREL_OBJECT;
 use crate::features::{KernelFeatures, OffCpuHook};
-use crate::unwind::{UnwindStats, Unwinder};
 use crate::record::{parse_record, RawSample, Record, SampleKind};
+use crate::unwind::{UnwindStats, Unwinder};
 use crate::{Probe, ProbeConfig, ProbeError, REGISTRY};
 
 /// Blocks waiting for their wake are kept per thread; past this many the oldest

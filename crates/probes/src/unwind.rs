@@ -25,6 +25,22 @@ use crate::ProbeError;
 
 /// `MAX_PROC_MAPPINGS` of kestrel.h (the generated array's length).
 const MAX_PROC_MAPPINGS: usize = 64;
+/// `UNWIND_CHUNK` of kestrel.h: u32s per element of unwind_rows and
+/// unwind_pages; a table's rows and pages start at a multiple of it.
+const CHUNK: u64 = 16;
+
+/// `n` u32s rounded up to whole chunks.
+fn chunked(n: usize) -> u64 {
+    (n as u64).div_ceil(CHUNK) * CHUNK
+}
+
+/// `values` padded with zeros to whole chunks, as chunk-sized byte values.
+fn chunk_bytes(values: impl Iterator<Item = u32>) -> Vec<u8> {
+    let mut bytes: Vec<u8> = values.flat_map(u32::to_ne_bytes).collect();
+    let chunk_len = CHUNK as usize * 4;
+    bytes.resize(bytes.len().div_ceil(chunk_len) * chunk_len, 0);
+    bytes
+}
 
 /// What the unwinder's user space did, for stats.json.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -144,10 +160,10 @@ fn write_array(
     if count == 0 {
         return Ok(());
     }
-    const CHUNK: usize = 4096;
-    for (chunk_index, chunk) in values.chunks(CHUNK * size).enumerate() {
+    const BATCH: usize = 4096;
+    for (chunk_index, chunk) in values.chunks(BATCH * size).enumerate() {
         let n = chunk.len() / size;
-        let first = base as usize + chunk_index * CHUNK;
+        let first = base as usize + chunk_index * BATCH;
         let keys: Vec<u8> = (first..first + n)
             .flat_map(|k| (k as u32).to_ne_bytes())
             .collect();
@@ -304,19 +320,26 @@ impl Unwinder {
 
     /// Puts `table` in the pools, evicting least recently used files first
     /// when it does not fit.
-    fn place(&mut self, object: &Object, file: FileId, table: Arc<Table>) -> Result<(), ProbeError> {
-        let cap_rows = capacity(object, "unwind_rows")?;
-        let cap_pages = capacity(object, "unwind_pages")?;
-        let cap_rules = capacity(object, "unwind_rules")?;
+    fn place(
+        &mut self,
+        object: &Object,
+        file: FileId,
+        table: Arc<Table>,
+    ) -> Result<(), ProbeError> {
+        // Capacities in u32s (rows, pages) and rules; a table takes whole
+        // chunks of rows and pages.
+        let cap_rows = u64::from(capacity(object, "unwind_rows")?) * CHUNK;
+        let cap_pages = u64::from(capacity(object, "unwind_pages")?) * CHUNK;
+        let cap_rules = u64::from(capacity(object, "unwind_rules")?);
         let need = |t: &Table| {
             (
-                t.rows().len() as u64,
-                t.pages().len() as u64,
+                chunked(t.rows().len()),
+                chunked(t.pages().len()),
                 t.rules().len() as u64,
             )
         };
         let (r, p, u) = need(&table);
-        if r > u64::from(cap_rows) || p > u64::from(cap_pages) || u > u64::from(cap_rules) {
+        if r > cap_rows || p > cap_pages || u > cap_rules {
             self.stats.tables_too_large += 1;
             warn!(
                 bytes = table.bytes(),
@@ -325,9 +348,9 @@ impl Unwinder {
             return Ok(());
         }
         let fits = |s: &Unwinder| {
-            u64::from(s.rows_used) + r <= u64::from(cap_rows)
-                && u64::from(s.pages_used) + p <= u64::from(cap_pages)
-                && u64::from(s.rules_used) + u <= u64::from(cap_rules)
+            u64::from(s.rows_used) + r <= cap_rows
+                && u64::from(s.pages_used) + p <= cap_pages
+                && u64::from(s.rules_used) + u <= cap_rules
         };
         if !fits(self) {
             // Evict by least recent use until the live tables plus this one fit.
@@ -340,18 +363,17 @@ impl Unwinder {
             order.sort_unstable();
             let map = find(object, "unwind_files")?;
             for (_, f) in order {
-                if live.0 + r <= u64::from(cap_rows)
-                    && live.1 + p <= u64::from(cap_pages)
-                    && live.2 + u <= u64::from(cap_rules)
-                {
+                if live.0 + r <= cap_rows && live.1 + p <= cap_pages && live.2 + u <= cap_rules {
                     break;
                 }
                 if let Some(l) = self.loaded.remove(&f) {
                     let n = need(&l.table);
                     live = (live.0 - n.0, live.1 - n.1, live.2 - n.2);
                     self.stats.tables_evicted += 1;
-                    self.stats.table_bytes =
-                        self.stats.table_bytes.saturating_sub(l.table.bytes() as u64);
+                    self.stats.table_bytes = self
+                        .stats
+                        .table_bytes
+                        .saturating_sub(l.table.bytes() as u64);
                     map.delete(&l.key.to_ne_bytes())
                         .map_err(map_error("unwind_files"))?;
                 }
@@ -391,12 +413,8 @@ impl Unwinder {
         let row_base = self.rows_used;
         let page_base = self.pages_used;
         let rule_base = self.rules_used;
-        let rows: Vec<u8> = table.rows().iter().flat_map(|r| r.to_ne_bytes()).collect();
-        let pages: Vec<u8> = table
-            .pages()
-            .iter()
-            .flat_map(|p| (p + row_base).to_ne_bytes())
-            .collect();
+        let rows = chunk_bytes(table.rows().iter().copied());
+        let pages = chunk_bytes(table.pages().iter().map(|p| p + row_base));
         let rules: Vec<u8> = table
             .rules()
             .iter()
@@ -409,12 +427,21 @@ impl Unwinder {
                 b
             })
             .collect();
-        write_array(object, "unwind_rows", row_base, &rows, 4)?;
-        write_array(object, "unwind_pages", page_base, &pages, 4)?;
+        let chunk_size = CHUNK as usize * 4;
+        // Bases are multiples of CHUNK: every table takes whole chunks.
+        let to_chunk = |base: u32| base / CHUNK as u32;
+        write_array(object, "unwind_rows", to_chunk(row_base), &rows, chunk_size)?;
+        write_array(
+            object,
+            "unwind_pages",
+            to_chunk(page_base),
+            &pages,
+            chunk_size,
+        )?;
         write_array(object, "unwind_rules", rule_base, &rules, 8)?;
-        // `place` checked each count against the pool's u32 capacity.
-        self.rows_used += table.rows().len() as u32;
-        self.pages_used += table.pages().len() as u32;
+        // `place` checked each count against the pool's capacity, a u32.
+        self.rows_used += chunked(table.rows().len()) as u32;
+        self.pages_used += chunked(table.pages().len()) as u32;
         self.rules_used += table.rules().len() as u32;
         let entry = kestrel_unwind_file {
             page_base,

@@ -41,7 +41,7 @@ pub use plan::{
     next_pow2, plan, MapPlan, MapRow, OffCpuState, PlanInputs, PlanInputsSummary, Tier,
     DEFAULT_MEMORY_CAP_BYTES, EVENTS_CAP_BYTES, EVENTS_FLOOR_BYTES, OFFCPU_ENTRIES_CAP,
     OFFCPU_ENTRIES_FLOOR, OFFCPU_VALUE_BYTES, PID_FILTER_MAX_LEN, RINGBUF_RECORD_HEADER_BYTES,
-    UNWIND_FILES_ENTRIES, UNWIND_PROCESSES_DEFAULT,
+    UNWIND_CHUNK_BYTES, UNWIND_FILES_ENTRIES, UNWIND_PROCESSES_DEFAULT,
 };
 pub use reference::{read_pid_max, reference_cost, ReferenceCost};
 pub use tiers::{

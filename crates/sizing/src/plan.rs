@@ -7,8 +7,8 @@ use serde::{Serialize, Serializer};
 use crate::cost::{self, map_bytes, task_storage_buckets, task_storage_bytes_per_task};
 use crate::{
     CpuSet, MapType, SizingError, Topology, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG,
-    EXPECTED_FRAMES_PER_STACK, MAX_STACK_DEPTH, NUM_COUNTERS, RECORD_HEADER_BYTES,
-    PROC_MAPPINGS_VALUE_BYTES, RECORD_MAX_BYTES, RODATA_BYTES, UNWIND_FILE_VALUE_BYTES,
+    EXPECTED_FRAMES_PER_STACK, MAX_STACK_DEPTH, NUM_COUNTERS, PROC_MAPPINGS_VALUE_BYTES,
+    RECORD_HEADER_BYTES, RECORD_MAX_BYTES, RODATA_BYTES, UNWIND_FILE_VALUE_BYTES,
     WAKE_RECORD_BYTES,
 };
 
@@ -37,6 +37,9 @@ pub const UNWIND_FILES_ENTRIES: u32 = 256;
 /// Processes whose mappings the unwinder holds when every process is sampled
 /// (with a PID filter: the filter's length).
 pub const UNWIND_PROCESSES_DEFAULT: u32 = 128;
+/// Value of `unwind_rows` and `unwind_pages`: `struct kestrel_u32_chunk`, 16
+/// u32s (one u32 per array element would be rounded up to 8 B by the kernel).
+pub const UNWIND_CHUNK_BYTES: u32 = 64;
 
 const KEY_U32_BYTES: u32 = 4;
 const PAGE_SIZE_U32: u32 = 4096;
@@ -698,9 +701,12 @@ fn pid_filter_row(pid_filter_len: u32, possible: u32) -> MapRow {
 /// [`UNWIND_FILES_ENTRIES`] files; `proc_mappings` one value per process.
 fn unwind_rows(inputs: &PlanInputs, possible: u32) -> Vec<MapRow> {
     let cap = inputs.unwind_cap_bytes;
+    // `elem` is the array's value: a chunk of 16 u32s (64 B) for rows and
+    // pages, an 8-byte rule; an array's kernel element is its value rounded up
+    // to 8 B, so neither wastes any of the cap.
     let pool = |name: &'static str, share_16ths: u64, elem: u32| {
-        let entries = u32::try_from((cap * share_16ths / 16 / u64::from(elem)).max(1))
-            .unwrap_or(u32::MAX);
+        let entries =
+            u32::try_from((cap * share_16ths / 16 / u64::from(elem)).max(1)).unwrap_or(u32::MAX);
         build_row(
             RowSpec {
                 name,
@@ -725,8 +731,8 @@ fn unwind_rows(inputs: &PlanInputs, possible: u32) -> Vec<MapRow> {
         UNWIND_PROCESSES_DEFAULT
     };
     vec![
-        pool("unwind_rows", 14, 4),
-        pool("unwind_pages", 1, 4),
+        pool("unwind_rows", 14, UNWIND_CHUNK_BYTES),
+        pool("unwind_pages", 1, UNWIND_CHUNK_BYTES),
         pool("unwind_rules", 1, 8),
         build_row(
             RowSpec {
@@ -917,6 +923,55 @@ fn fit_memory_cap(maps: &mut [MapRow], memory_cap: u64, possible: u32) -> Result
 mod tests {
     use super::*;
     use crate::reference_cost;
+
+    #[test]
+    fn unwind_rows_split_the_cap_and_exist_only_when_on() {
+        let off = plan(&inputs(2, 2)).unwrap();
+        for name in [
+            "unwind_rows",
+            "unwind_pages",
+            "unwind_rules",
+            "unwind_files",
+            "proc_mappings",
+        ] {
+            assert!(off.get(name).is_none(), "{name} without the unwinder");
+        }
+        let cap = 2 * 1024 * 1024;
+        let on = plan(&PlanInputs {
+            unwind_cap_bytes: cap,
+            pid_filter_len: 3,
+            ..inputs(2, 2)
+        })
+        .unwrap();
+        let rows = on.get("unwind_rows").unwrap();
+        let pages = on.get("unwind_pages").unwrap();
+        let rules = on.get("unwind_rules").unwrap();
+        assert_eq!(rows.max_entries as u64 * 64, cap * 14 / 16);
+        assert_eq!(pages.max_entries as u64 * 64, cap / 16);
+        assert_eq!(rules.max_entries as u64 * 8, cap / 16);
+        // The pools' values add up to the cap (array overhead aside).
+        let values: u64 = [rows, pages, rules]
+            .iter()
+            .map(|r| u64::from(r.max_entries) * u64::from(r.value_size))
+            .sum();
+        assert_eq!(values, cap);
+        assert_eq!(on.get("proc_mappings").unwrap().max_entries, 4);
+        assert_eq!(
+            on.get("unwind_files").unwrap().max_entries,
+            UNWIND_FILES_ENTRIES
+        );
+        // Every process when unfiltered.
+        let all = plan(&PlanInputs {
+            unwind_cap_bytes: cap,
+            ..inputs(2, 2)
+        })
+        .unwrap();
+        assert_eq!(
+            all.get("proc_mappings").unwrap().max_entries,
+            UNWIND_PROCESSES_DEFAULT
+        );
+        assert!(all.total_bytes_cap <= DEFAULT_MEMORY_CAP_BYTES);
+    }
 
     fn inputs(online: u32, possible: u32) -> PlanInputs {
         PlanInputs {

@@ -40,6 +40,8 @@ impl Knobs {
             pid_filter_len: self.pid_filter_len,
             off_cpu_state: self.off_cpu_state,
             events_bytes: None,
+            // The unwind rows are fixed by their cap (plan.rs unit tests).
+            unwind_cap_bytes: 0,
         }
     }
 
