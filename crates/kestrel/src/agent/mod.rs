@@ -199,7 +199,7 @@ impl Agent {
         // Exited processes' mapping entries would fill the map: sweep every
         // 64 polls (16 s at the default interval).
         self.unwind_polls = self.unwind_polls.wrapping_add(1);
-        if self.unwind_polls % 64 == 0 {
+        if self.unwind_polls.is_multiple_of(64) {
             self.session.unwind_forget_exited();
             self.unwind_seen
                 .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
