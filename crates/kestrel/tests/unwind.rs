@@ -52,9 +52,19 @@ fn chain_binary() -> &'static Path {
 /// Runs the chain program for `seconds` and records it with `args`; returns
 /// the folded profile and stats.json.
 fn record_chain(args: &[&str]) -> (Vec<(Vec<String>, u64)>, serde_json::Value) {
+    record_chain_file(&[], args, "profile.folded")
+}
+
+/// [`record_chain`] with arguments for the program and the folded file to read.
+fn record_chain_file(
+    program_args: &[&str],
+    args: &[&str],
+    file: &str,
+) -> (Vec<(Vec<String>, u64)>, serde_json::Value) {
     require_root();
     let mut child = Command::new(chain_binary())
         .arg("8")
+        .args(program_args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("chain program starts");
@@ -80,7 +90,7 @@ fn record_chain(args: &[&str]) -> (Vec<(Vec<String>, u64)>, serde_json::Value) {
         "kestrel record failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let folded = std::fs::read_to_string(dir.path().join("profile.folded")).expect("folded");
+    let folded = std::fs::read_to_string(dir.path().join(file)).expect("folded");
     let stacks = parse_folded(&folded)
         .into_iter()
         .map(|(stack, n)| {
@@ -132,6 +142,7 @@ fn table_unwinder_gives_the_whole_chain_without_frame_pointers() {
     let _g = serial();
     let (stacks, stats) = record_chain(&["--unwind", "table"]);
     let (exact, total) = share_exact(&stacks);
+    eprintln!("table unwinder: {exact} of {total} samples carry the exact chain");
     assert!(total >= 200, "too few samples: {total}\n{stacks:?}");
     assert!(
         exact as f64 >= 0.95 * total as f64,
@@ -148,11 +159,51 @@ fn table_unwinder_gives_the_whole_chain_without_frame_pointers() {
     assert!(u["table_bytes"].as_u64().unwrap() > 0);
 }
 
+/// Whether a stack's user part has exactly main → … → kst_e (then whatever
+/// kst_e called: libc's sleep, the system call).
+fn chain_from_main(frames: &[String]) -> bool {
+    let user: Vec<&str> = frames
+        .iter()
+        .map(String::as_str)
+        .filter(|f| !f.ends_with("_[k]"))
+        .collect();
+    user.iter()
+        .position(|f| *f == "main")
+        .is_some_and(|m| user.get(m..m + CHAIN.len()) == Some(&CHAIN[..]))
+}
+
+#[test]
+fn off_cpu_stacks_are_unwound_from_the_system_call_through_libc() {
+    let _g = serial();
+    let (stacks, stats) = record_chain_file(
+        &["nap"],
+        &["--unwind", "table", "--off-cpu-probability", "1"],
+        "offcpu.folded",
+    );
+    // Values are nanoseconds waited: count stacks' time.
+    let total: u64 = stacks.iter().map(|(_, n)| n).sum();
+    let exact: u64 = stacks
+        .iter()
+        .filter(|(f, _)| chain_from_main(f))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        stats["counters"]["off_cpu_wakes"].as_u64().unwrap() >= 50,
+        "too few waits: {}",
+        stats["counters"]
+    );
+    assert!(
+        exact as f64 >= 0.95 * total as f64,
+        "{exact} of {total} ns waited under exactly main→kst_a→…→kst_e\n{stacks:?}"
+    );
+}
+
 #[test]
 fn frame_pointers_alone_do_not_reach_main() {
     let _g = serial();
     let (stacks, _) = record_chain(&["--unwind", "fp"]);
     let (exact, total) = share_exact(&stacks);
+    eprintln!("frame pointers: {exact} of {total} samples carry the exact chain");
     assert!(total >= 200, "too few samples: {total}\n{stacks:?}");
     assert!(
         (exact as f64) < 0.5 * total as f64,
