@@ -31,9 +31,9 @@ enum kestrel_record_flags {
 	/* The user stack was walked by the table unwinder (not bpf_get_stack). */
 	FLAG_USER_UNWOUND = 1 << 3,
 	/* Bits 4..6: why the unwound user stack ended (enum kestrel_unwind_end). */
-	FLAG_UNWIND_END_SHIFT = 4,
 	FLAG_UNWIND_END_MASK = 7 << 4,
 };
+#define FLAG_UNWIND_END_SHIFT 4
 
 /* Why an unwound user stack ended (in the record's flags, and counted). */
 enum kestrel_unwind_end {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 pub use features::{KernelFeatures, OffCpuHook, Outcome};
-pub use record::{RawSample, SampleKind};
+pub use record::{unwind_end, RawSample, SampleKind, UNWIND_END_NO_MAPPING};
 pub use session::{Counters, CpuChange, MapMemory, Session, OFF_CPU_IN_FLIGHT_COUNTER};
 pub use unwind::{parse_exec_mappings, ExecMapping, UnwindStats};
 

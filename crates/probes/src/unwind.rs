@@ -66,6 +66,8 @@ pub struct UnwindStats {
 
 /// A file's identity: device and inode of the mapping.
 type FileId = (u64, u64);
+/// The identity of executable memory that is no file.
+const NO_FILE: FileId = (0, 0);
 
 struct Loaded {
     key: u64,
@@ -95,9 +97,13 @@ pub fn parse_exec_mappings(maps: &str) -> Vec<ExecMapping> {
             let dev = fields.next()?;
             let inode: u64 = fields.next()?.parse().ok()?;
             let path = fields.collect::<Vec<_>>().join(" ");
-            if perms.as_bytes().get(2) != Some(&b'x') || inode == 0 || !path.starts_with('/') {
+            if perms.as_bytes().get(2) != Some(&b'x') {
                 return None;
             }
+            // Executable memory without a file ([vdso], JIT code) is kept with
+            // no file: BPF then knows the pc is mapped and tableless (frame
+            // pointers), and "no mapping" keeps meaning "maps changed".
+            let anonymous = inode == 0 || !path.starts_with('/');
             let (start, end) = range.split_once('-')?;
             let (major, minor) = dev.split_once(':')?;
             let dev = (u64::from_str_radix(major, 16).ok()? << 32)
@@ -106,7 +112,7 @@ pub fn parse_exec_mappings(maps: &str) -> Vec<ExecMapping> {
                 start: u64::from_str_radix(start, 16).ok()?,
                 end: u64::from_str_radix(end, 16).ok()?,
                 pgoff,
-                file: (dev, inode),
+                file: if anonymous { NO_FILE } else { (dev, inode) },
                 path,
             })
         })
@@ -249,11 +255,12 @@ impl Unwinder {
         let files: Vec<FileId> = mappings
             .iter()
             .map(|m| m.file)
+            .filter(|f| *f != NO_FILE)
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         for m in &mappings {
-            if !self.built.contains_key(&m.file) {
+            if m.file != NO_FILE && !self.built.contains_key(&m.file) {
                 let table = self.build(pid, m);
                 self.built.insert(m.file, table);
             }
@@ -497,12 +504,13 @@ mod tests {
 7f0000010000-7f0000011000 r-xp 00000000 08:01 43 /tmp/a b (deleted)
 ";
         let m = parse_exec_mappings(text);
-        assert_eq!(m.len(), 3);
+        assert_eq!(m.len(), 4);
         assert_eq!(m[0].start, 0x55d000001000);
         assert_eq!(m[0].pgoff, 0x1000);
         assert_eq!(m[0].file, (0xfd << 32, 7));
         assert_eq!(m[1].path, "/usr/lib/libc.so.6");
         assert_eq!(m[1].file, (8 << 32 | 1, 42));
         assert_eq!(m[2].path, "/tmp/a b (deleted)");
+        assert_eq!((m[3].path.as_str(), m[3].file), ("[vdso]", NO_FILE));
     }
 }

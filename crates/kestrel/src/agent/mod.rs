@@ -45,8 +45,15 @@ pub struct Agent {
     batch: Vec<RawSample>,
     /// Each sampled process's last exec sequence, for the table unwinder: a
     /// new one means new mappings to read.
-    unwind_seen: HashMap<u32, u16>,
+    unwind_seen: HashMap<u32, UnwindSeen>,
     unwind_polls: u64,
+}
+
+/// What the table unwinder's feed knows of a sampled process.
+struct UnwindSeen {
+    exec_seq: u16,
+    /// The poll at which its maps were last read.
+    reread_at: u64,
 }
 
 /// What a finished pipeline leaves: the last window and what the probes said
@@ -183,15 +190,27 @@ impl Agent {
             return;
         }
         let mut pids: HashMap<u32, bool> = HashMap::new();
+        let poll = self.unwind_polls;
         for s in &self.batch {
             if s.pid == 0 {
                 continue;
             }
-            let changed = self
-                .unwind_seen
-                .insert(s.pid, s.exec_seq)
-                .is_some_and(|old| old != s.exec_seq);
-            *pids.entry(s.pid).or_default() |= changed;
+            let seen = self.unwind_seen.entry(s.pid).or_insert(UnwindSeen {
+                exec_seq: s.exec_seq,
+                reread_at: poll,
+            });
+            // A new image (exec), or a pc in no mapping the unwinder knows
+            // (dlopen, a new JIT region): read the maps again, at most every
+            // 8 polls (2 s at the default interval) per process.
+            let stale = seen.exec_seq != s.exec_seq
+                || (kestrel_probes::unwind_end(s.flags)
+                    == Some(kestrel_probes::UNWIND_END_NO_MAPPING)
+                    && poll >= seen.reread_at + 8);
+            if stale {
+                seen.exec_seq = s.exec_seq;
+                seen.reread_at = poll;
+            }
+            *pids.entry(s.pid).or_default() |= stale;
         }
         if let Err(e) = self.session.unwind_processes(pids) {
             warn!(error = %e, "loading unwind tables failed; frame pointers there");
