@@ -149,7 +149,7 @@ struct kestrel_walk {
 	__u8 bp_known;
 	__u8 return_address; /* pc is a return address: look it up at pc - 1 */
 	__u8 end;
-	__u8 used_table;
+	__u8 reserved;
 	__u32 table_frames, fp_frames;
 };
 
@@ -158,7 +158,8 @@ struct kestrel_walk {
  * back through every branch of the binary search: no two paths could be
  * pruned as equal, and the 2^7 (mappings) × 2^17 (rows) paths exceed the
  * 1M-instruction limit. Read back through a helper, the index is a fresh
- * scalar that the mask bounds. */
+ * scalar that the mask bounds. (Passing a stack address to the helper is
+ * allowed to programs loaded with CAP_PERFMON, which Kestrel's are.) */
 static __always_inline __u32 opaque_u32(__u32 v)
 {
 	__u32 out = 0;
