@@ -223,7 +223,7 @@ __attribute__((noinline)) int kestrel_unwind_step(struct kestrel_walk *st)
 	struct kestrel_unwind_file *file;
 	struct kestrel_unwind_rule *rule;
 	struct kestrel_sample *s;
-	__u32 zero = 0, n, lo, hi, k, page, page_index, rule_index, first, found;
+	__u32 zero = 0, pid, n, lo, hi, k, page, page_index, rule_index, first, found;
 	__u64 slot, at, offset, key, cfa, ra = 0, bp = 0;
 	__u32 *p0, *p1, *row;
 
@@ -245,7 +245,9 @@ __attribute__((noinline)) int kestrel_unwind_step(struct kestrel_walk *st)
 	st->frames = n + 1;
 
 	at = st->return_address ? st->pc - 1 : st->pc;
-	pm = bpf_map_lookup_elem(&proc_mappings, &st->pid);
+	/* A key on the stack: 6.1 refuses a key in the argument's memory. */
+	pid = st->pid;
+	pm = bpf_map_lookup_elem(&proc_mappings, &pid);
 	if (!pm)
 		return fp_step(st, UNWIND_END_NO_MAPPING);
 	lo = 0;
