@@ -210,3 +210,59 @@ fn frame_pointers_alone_do_not_reach_main() {
         "frame pointers reached main in {exact} of {total} samples: the program kept frame pointers?\n{stacks:?}"
     );
 }
+
+#[test]
+fn the_plan_holds_the_unwinder_maps_only_when_it_is_on() {
+    let plan = |args: &[&str]| -> serde_json::Value {
+        let out = Command::new(KESTREL)
+            .args(["plan", "--online", "2", "--possible", "2", "--json"])
+            .args(args)
+            .output()
+            .expect("kestrel plan runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v["maps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let off = plan(&[]);
+    assert!(!names(&off).iter().any(|n| n.starts_with("unwind_")));
+    let on = plan(&["--unwind", "auto"]);
+    for map in [
+        "unwind_rows",
+        "unwind_pages",
+        "unwind_rules",
+        "unwind_files",
+        "proc_mappings",
+    ] {
+        assert!(names(&on).iter().any(|n| n == map), "{map} in {on}");
+    }
+    let rows = on["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "unwind_rows")
+        .unwrap();
+    assert!(
+        rows["formula"]
+            .as_str()
+            .unwrap()
+            .contains("2097152 B unwind cap"),
+        "{rows}"
+    );
+    // The pools add the configured cap (2 MiB by default) and the index maps.
+    let added = on["total_bytes"].as_u64().unwrap() - off["total_bytes"].as_u64().unwrap();
+    assert!(
+        (2 << 20..3 << 20).contains(&added),
+        "the unwinder adds {added} B"
+    );
+}
