@@ -697,8 +697,11 @@ fn pid_filter_row(pid_filter_len: u32, possible: u32) -> MapRow {
 /// are 4 B per 64 KiB of file, rules 8 B × ~300 per file. Rows get 7/8 of the
 /// cap, pages and rules 1/16 each. All three are arrays (allocated whole at
 /// load: the cap is the floor, no growth), which the loader fills and evicts
-/// in by least recently sampled file. `unwind_files` holds
-/// [`UNWIND_FILES_ENTRIES`] files; `proc_mappings` one value per process.
+/// in by least recently sampled file. `unwind_files` holds up to
+/// [`UNWIND_FILES_ENTRIES`] files, `proc_mappings` one value per process;
+/// both are hashes without preallocation, so they grow as files and processes
+/// are seen and hold no per-CPU spare elements (a preallocated hash keeps one
+/// per possible CPU: 2 KiB each here).
 fn unwind_rows(inputs: &PlanInputs, possible: u32) -> Vec<MapRow> {
     let cap = inputs.unwind_cap_bytes;
     // `elem` is the array's value: a chunk of 16 u32s (64 B) for rows and
@@ -741,10 +744,10 @@ fn unwind_rows(inputs: &PlanInputs, possible: u32) -> Vec<MapRow> {
                 key_size: 8,
                 value_size: UNWIND_FILE_VALUE_BYTES,
                 max_entries: UNWIND_FILES_ENTRIES,
-                map_flags: 0,
-                tier: Tier::Floor,
+                map_flags: BPF_F_NO_PREALLOC,
+                tier: Tier::Growth,
                 filled_at_cap: u64::from(UNWIND_FILES_ENTRIES),
-                formula: format!("{UNWIND_FILES_ENTRIES} files (fixed), preallocated"),
+                formula: format!("up to {UNWIND_FILES_ENTRIES} files, allocated as tables load"),
                 formula_inputs: vec![],
             },
             possible,
@@ -756,16 +759,16 @@ fn unwind_rows(inputs: &PlanInputs, possible: u32) -> Vec<MapRow> {
                 key_size: KEY_U32_BYTES,
                 value_size: PROC_MAPPINGS_VALUE_BYTES,
                 max_entries: processes,
-                map_flags: 0,
-                tier: Tier::Floor,
+                map_flags: BPF_F_NO_PREALLOC,
+                tier: Tier::Growth,
                 filled_at_cap: u64::from(processes),
                 formula: if inputs.pid_filter_len > 0 {
                     format!(
-                        "next_pow2({} PIDs) = {processes} processes × {PROC_MAPPINGS_VALUE_BYTES} B, preallocated",
+                        "next_pow2({} PIDs) = {processes} processes × {PROC_MAPPINGS_VALUE_BYTES} B, allocated as processes are seen",
                         inputs.pid_filter_len
                     )
                 } else {
-                    format!("{processes} processes (every process sampled) × {PROC_MAPPINGS_VALUE_BYTES} B, preallocated")
+                    format!("{processes} processes (every process sampled) × {PROC_MAPPINGS_VALUE_BYTES} B, allocated as processes are seen")
                 },
                 formula_inputs: vec![("pid_filter_len", inputs.pid_filter_len.to_string())],
             },
