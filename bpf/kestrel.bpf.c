@@ -73,6 +73,42 @@ struct {
 	__type(value, struct kestrel_in_flight);
 } offcpu_hash SEC(".maps");
 
+
+/* The table unwinder's maps (created only when it is on; sizes from the plan's
+ * unwind rows). Three shared pools hold every loaded file's table; unwind_files
+ * says where a file's part lies; proc_mappings maps a process's pcs to files. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct kestrel_u32_chunk);
+} unwind_pages SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct kestrel_u32_chunk);
+} unwind_rows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct kestrel_unwind_rule);
+} unwind_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct kestrel_unwind_file);
+} unwind_files SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct kestrel_proc_mappings);
+} proc_mappings SEC(".maps");
+
 static __always_inline void count(__u32 which, __s64 delta)
 {
 	__u64 *c = bpf_map_lookup_elem(&counters, &which);
@@ -88,6 +124,293 @@ static __always_inline bool wanted(__u32 tgid)
 	if (CONFIG.filter_pids && !bpf_map_lookup_elem(&pid_filter, &tgid))
 		return false;
 	return true;
+}
+
+
+/* Rule kinds and rbp kinds of struct kestrel_unwind_rule (kestrel_unwind::rule). */
+#define KIND_CFA_RSP 0
+#define KIND_CFA_RBP 1
+#define KIND_PLT 2
+#define KIND_SIGNAL 3
+#define KIND_END 4
+#define RBP_UNCHANGED 0
+#define RBP_AT_CFA 1
+/* ucontext_t offsets at rsp in a signal trampoline (kestrel_unwind::unwinder). */
+#define UCONTEXT_RBP (40 + 10 * 8)
+#define UCONTEXT_RSP (40 + 15 * 8)
+#define UCONTEXT_RIP (40 + 16 * 8)
+
+/* The walk's state, on the program's stack and handed to each bpf_loop step.
+ * Only scalars: the callback looks its maps up again. */
+struct kestrel_walk {
+	__u64 pc, sp, bp;
+	__u32 pid;
+	__u32 kernel_frames; /* where the user frames start in the record */
+	__u32 frames;        /* user frames written */
+	__u32 max_frames;
+	__u8 bp_known;
+	__u8 return_address; /* pc is a return address: look it up at pc - 1 */
+	__u8 end;
+	__u8 reserved;
+	__u32 table_frames, fp_frames;
+};
+
+/* The same value, unknown to the verifier. An index that selects an element
+ * inside the searches would otherwise be marked precise, and precision flows
+ * back through every branch of the binary search: no two paths could be
+ * pruned as equal, and the 2^7 (mappings) × 2^17 (rows) paths exceed the
+ * 1M-instruction limit. Read back through a helper, the index is a fresh
+ * scalar that the mask bounds. (Passing a stack address to the helper is
+ * allowed to programs loaded with CAP_PERFMON, which Kestrel's are.) */
+static __always_inline __u32 opaque_u32(__u32 v)
+{
+	__u32 out = 0;
+
+	bpf_probe_read_kernel(&out, sizeof(out), &v);
+	return out;
+}
+
+/* Element `index` of a pool of u32 chunks (unwind_rows, unwind_pages). */
+static __always_inline __u32 *pool_u32(void *pool, __u32 index)
+{
+	__u32 chunk = index / UNWIND_CHUNK;
+	struct kestrel_u32_chunk *c = bpf_map_lookup_elem(pool, &chunk);
+
+	return c ? &c->v[index & (UNWIND_CHUNK - 1)] : NULL;
+}
+
+static __always_inline bool read_user(__u64 *dst, __u64 addr)
+{
+	return bpf_probe_read_user(dst, sizeof(*dst), (const void *)addr) == 0;
+}
+
+/* One frame-pointer step: the caller's pc at bp + 8, its bp at bp. Returns 1
+ * (stop) with st->end set to `why` when the chain ends. */
+static __always_inline long fp_step(struct kestrel_walk *st, __u8 why)
+{
+	__u64 ra = 0, next_bp = 0;
+
+	if (!st->bp_known || st->bp == 0) {
+		st->end = st->bp_known ? UNWIND_END_OUTERMOST : why;
+		return 1;
+	}
+	if (!read_user(&ra, st->bp + 8) || !read_user(&next_bp, st->bp)) {
+		st->end = why;
+		return 1;
+	}
+	if (st->bp + 16 <= st->sp || ra == 0) {
+		st->end = ra == 0 ? UNWIND_END_OUTERMOST : why;
+		return 1;
+	}
+	st->sp = st->bp + 16;
+	st->bp = next_bp;
+	st->pc = ra;
+	st->return_address = 1;
+	st->fp_frames++;
+	return 0;
+}
+
+/*
+ * One frame: record pc, find its mapping (binary search over the process's
+ * sorted executable mappings), its file's table (binary search within one
+ * 64 KiB page), apply the rule; frame pointers where there is no table.
+ * Returns 1 to stop. A global function: the verifier checks it once, alone,
+ * with *st unknown, instead of once per frame and per state of the caller
+ * (the bpf_loop callback that calls it would otherwise be walked again for
+ * every distinct walk state on 6.7+, past the 1M-instruction limit).
+ */
+__attribute__((noinline)) int kestrel_unwind_step(struct kestrel_walk *st)
+{
+	struct kestrel_proc_mappings *pm;
+	struct kestrel_unwind_file *file;
+	struct kestrel_unwind_rule *rule;
+	struct kestrel_sample *s;
+	__u32 zero = 0, pid, n, lo, hi, k, page, page_index, rule_index, first, found;
+	__u64 slot, at, offset, key, cfa, ra = 0, bp = 0;
+	__u32 *p0, *p1, *row;
+
+	if (!st)
+		return 1;
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 1;
+	/* Opaque, or the verifier (6.7+, which verifies a bpf_loop callback until
+	 * its entry state repeats) would see each frame count as a new state and
+	 * walk the callback once per frame. */
+	n = opaque_u32(st->frames);
+	slot = st->kernel_frames + n;
+	if (slot >= 2 * MAX_STACK_DEPTH || n >= st->max_frames) {
+		st->end = UNWIND_END_DEPTH;
+		return 1;
+	}
+	s->frames[slot] = st->pc;
+	st->frames = n + 1;
+
+	at = st->return_address ? st->pc - 1 : st->pc;
+	/* A key on the stack: 6.1 refuses a key in the argument's memory. */
+	pid = st->pid;
+	pm = bpf_map_lookup_elem(&proc_mappings, &pid);
+	if (!pm)
+		return fp_step(st, UNWIND_END_NO_MAPPING);
+	lo = 0;
+	hi = pm->count;
+	if (hi > MAX_PROC_MAPPINGS)
+		hi = MAX_PROC_MAPPINGS;
+	/* Last mapping with start <= at: lo ends one past it. */
+	for (k = 0; k < MAPPING_SEARCH_STEPS && lo < hi; k++) {
+		__u32 mid = (lo + hi) / 2;
+
+		__u32 i = opaque_u32(mid) & (MAX_PROC_MAPPINGS - 1);
+
+		if (pm->mappings[i].start <= at)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == 0 || lo > MAX_PROC_MAPPINGS)
+		return fp_step(st, UNWIND_END_NO_MAPPING);
+	k = opaque_u32(lo - 1) & (MAX_PROC_MAPPINGS - 1);
+	if (at >= pm->mappings[k].end)
+		return fp_step(st, UNWIND_END_NO_MAPPING);
+	key = pm->mappings[k].file_key;
+	offset = at - pm->mappings[k].bias;
+	file = key ? bpf_map_lookup_elem(&unwind_files, &key) : NULL;
+	if (!file)
+		return fp_step(st, UNWIND_END_NO_TABLE);
+	page = offset >> 16;
+	if ((offset >> 32) || page >= file->page_count)
+		return fp_step(st, UNWIND_END_NO_TABLE);
+	page_index = file->page_base + page;
+	p0 = pool_u32(&unwind_pages, page_index);
+	p1 = pool_u32(&unwind_pages, page_index + 1);
+	if (!p0 || !p1)
+		return fp_step(st, UNWIND_END_NO_TABLE);
+	/* Last row <= (offset & 0xffff) << 16 | 0xffff in [*p0, *p1). */
+	first = *p0;
+	lo = first;
+	hi = *p1;
+	key = ((offset & 0xffff) << 16) | 0xffff;
+	for (k = 0; k < ROW_SEARCH_STEPS && lo < hi; k++) {
+		__u32 mid = opaque_u32(lo + (hi - lo) / 2);
+
+		row = pool_u32(&unwind_rows, mid);
+		if (!row)
+			break;
+		if (*row <= key)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == first)
+		return fp_step(st, UNWIND_END_NO_TABLE);
+	found = lo - 1;
+	row = pool_u32(&unwind_rows, found);
+	if (!row || (*row & 0xffff) == 0xffff)
+		return fp_step(st, UNWIND_END_NO_TABLE);
+	rule_index = file->rule_base + (*row & 0xffff);
+	rule = bpf_map_lookup_elem(&unwind_rules, &rule_index);
+	if (!rule)
+		return fp_step(st, UNWIND_END_NO_TABLE);
+
+	switch (rule->kind) {
+	case KIND_CFA_RSP:
+		cfa = st->sp + (__s64)rule->cfa_offset;
+		break;
+	case KIND_CFA_RBP:
+		if (!st->bp_known) {
+			st->end = UNWIND_END_STUCK;
+			return 1;
+		}
+		cfa = st->bp + (__s64)rule->cfa_offset;
+		break;
+	case KIND_PLT:
+		cfa = st->sp + (__s64)rule->cfa_offset +
+		      ((st->pc & 15) >= (__u64)rule->rbp_offset ? 8 : 0);
+		break;
+	case KIND_SIGNAL: {
+		__u64 pc = 0, sp = 0;
+
+		if (!read_user(&pc, st->sp + UCONTEXT_RIP) || !read_user(&sp, st->sp + UCONTEXT_RSP)) {
+			st->end = UNWIND_END_READ_FAULT;
+			return 1;
+		}
+		st->bp_known = read_user(&bp, st->sp + UCONTEXT_RBP);
+		st->bp = bp;
+		st->pc = pc;
+		st->sp = sp;
+		st->return_address = 0;
+		st->table_frames++;
+		return 0;
+	}
+	case KIND_END:
+		st->end = UNWIND_END_OUTERMOST;
+		st->table_frames++;
+		return 1;
+	default:
+		st->end = UNWIND_END_STUCK;
+		return 1;
+	}
+	if (cfa <= st->sp) {
+		st->end = UNWIND_END_STUCK;
+		return 1;
+	}
+	if (!read_user(&ra, cfa - 8)) {
+		st->end = UNWIND_END_READ_FAULT;
+		return 1;
+	}
+	if (rule->kind != KIND_PLT && rule->rbp_kind == RBP_AT_CFA) {
+		if (!read_user(&bp, cfa + (__s64)rule->rbp_offset)) {
+			st->end = UNWIND_END_READ_FAULT;
+			return 1;
+		}
+		st->bp = bp;
+		st->bp_known = 1;
+	} else if (rule->kind != KIND_PLT && rule->rbp_kind != RBP_UNCHANGED) {
+		st->bp_known = 0;
+	}
+	st->pc = ra;
+	st->sp = cfa;
+	st->return_address = 1;
+	st->table_frames++;
+	return 0;
+}
+
+/* bpf_loop's callback: one frame per call. */
+static long unwind_frame(__u64 index, void *ctx)
+{
+	/* The verifier wants a callback result it can see is 0 or 1. */
+	return kestrel_unwind_step(ctx) & 1;
+}
+
+/* Walk the current task's user stack from its user registers into the record
+ * after `kernel_frames`; returns the frames written and sets the flags. */
+static __always_inline __u64 unwind_user(struct kestrel_sample *s, __u32 tgid, __u64 kernel_frames,
+					 __u32 max_frames)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	struct kestrel_walk st = {};
+
+	/* The task's user registers at its last entry to the kernel: the
+	 * interrupted ones when the sample hit user mode, those of the system
+	 * call in progress otherwise (and at a switch-out). */
+	st.pc = BPF_CORE_READ(regs, ip);
+	st.sp = BPF_CORE_READ(regs, sp);
+	st.bp = BPF_CORE_READ(regs, bp);
+	st.bp_known = 1;
+	st.pid = tgid;
+	st.kernel_frames = kernel_frames;
+	st.max_frames = max_frames;
+	if (!bpf_map_lookup_elem(&proc_mappings, &tgid))
+		count(COUNTER_UNWIND_NO_PROCESS, 1);
+	bpf_loop(MAX_STACK_DEPTH, unwind_frame, &st, 0);
+	if (st.end == 0)
+		st.end = UNWIND_END_DEPTH;
+	s->header.flags |= FLAG_USER_UNWOUND | ((st.end << FLAG_UNWIND_END_SHIFT) & FLAG_UNWIND_END_MASK);
+	count(COUNTER_UNWIND_FRAMES_TABLE, st.table_frames);
+	count(COUNTER_UNWIND_FRAMES_FP, st.fp_frames);
+	count(COUNTER_UNWIND_END_OUTERMOST + st.end - UNWIND_END_OUTERMOST, 1);
+	return st.frames;
 }
 
 /*
@@ -120,7 +443,9 @@ static __always_inline void send_stacks(void *ctx, struct kestrel_sample *s)
 	if (kernel_frames > MAX_STACK_DEPTH)
 		kernel_frames = MAX_STACK_DEPTH;
 
-	if (!(s->header.flags & FLAG_KERNEL_THREAD)) {
+	if (CONFIG.unwind_enabled && !(s->header.flags & FLAG_KERNEL_THREAD)) {
+		user_frames = unwind_user(s, s->header.pid, kernel_frames, depth_bytes / sizeof(__u64));
+	} else if (!(s->header.flags & FLAG_KERNEL_THREAD)) {
 		n = bpf_get_stack(ctx, &s->frames[kernel_frames], depth_bytes, BPF_F_USER_STACK);
 		if (n < 0) {
 			s->header.flags |= FLAG_USER_STACK_ERROR;

@@ -68,6 +68,11 @@ pub struct Sampling {
     pub pids: Vec<u32>,
     /// Sample Kestrel itself too.
     pub profile_self: bool,
+    /// How user stacks are walked: `fp` (frame pointers, bpf_get_stack),
+    /// `auto` or `table` (the BPF table unwinder: unwind tables built from
+    /// each file's .eh_frame, frame pointers where a file has none; the two
+    /// behave alike today).
+    pub unwind: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +95,11 @@ pub struct OffCpu {
 pub struct Memory {
     /// Kernel memory cap for all of Kestrel's BPF maps together, in bytes.
     pub bpf_cap_bytes: u64,
+    /// Bytes of the unwind tables' pools (part of bpf_cap_bytes) when the
+    /// table unwinder is on. 2 MiB holds about 20 tables of glibc's size
+    /// (95 KB; python3.11's is 237 KB): a service's executable and libraries,
+    /// leaving most of the 8 MiB default cap to the ring buffer.
+    pub unwind_cap_bytes: u64,
     /// Grow the ring buffer when a drain finds it more than this fraction full.
     pub ring_grow_above: f64,
     /// Shrink it when drains find it less than this fraction full ...
@@ -169,6 +179,13 @@ impl Default for Telemetry {
     }
 }
 
+impl Sampling {
+    /// Whether the BPF table unwinder walks user stacks.
+    pub fn unwind_tables(&self) -> bool {
+        self.unwind != "fp"
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Sampling {
@@ -177,6 +194,7 @@ impl Default for Sampling {
             poll_interval_ms: 250,
             pids: Vec::new(),
             profile_self: false,
+            unwind: "fp".into(),
         }
     }
 }
@@ -196,6 +214,7 @@ impl Default for Memory {
     fn default() -> Self {
         Memory {
             bpf_cap_bytes: 8 * 1024 * 1024,
+            unwind_cap_bytes: 2 * 1024 * 1024,
             ring_grow_above: 0.5,
             ring_shrink_below: 0.125,
             ring_shrink_after_s: 60.0,
@@ -416,6 +435,18 @@ fn validate(c: &Config, fig: &Figment) -> Result<(), ConfigError> {
         "off_cpu.hook",
         format!("{:?}", c.off_cpu.hook),
         "one of auto, tp_btf, raw_tp",
+    );
+    check(
+        ["fp", "auto", "table"].contains(&s.unwind.as_str()),
+        "sampling.unwind",
+        format!("{:?}", s.unwind),
+        "one of fp, auto, table",
+    );
+    check(
+        (64 * 1024..=c.memory.bpf_cap_bytes / 2).contains(&c.memory.unwind_cap_bytes),
+        "memory.unwind_cap_bytes",
+        c.memory.unwind_cap_bytes.to_string(),
+        "64 KiB ..= half of memory.bpf_cap_bytes",
     );
     check(
         c.memory.bpf_cap_bytes >= 1 << 20,
