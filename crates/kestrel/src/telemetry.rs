@@ -37,6 +37,15 @@ pub struct Snapshot {
     /// How the store's close at exit ended, and how long it took.
     pub store_close_outcome: kestrel_symbols::CloseOutcome,
     pub store_close_ms: u64,
+    /// Name source (`symtab`, `dynsym`, `build_id_dir`, `debuglink`,
+    /// `debuginfod`, and `none` for frames left unnamed) → frames named so.
+    pub symbol_sources: BTreeMap<String, u64>,
+    /// debuginfod: files downloaded, their bytes, build IDs the servers do not
+    /// have, failed requests.
+    pub debuginfod_downloads: u64,
+    pub debuginfod_bytes: u64,
+    pub debuginfod_not_found: u64,
+    pub debuginfod_failures: u64,
     /// Exporter kind → outcomes.
     pub exports: BTreeMap<String, kestrel_export::ExporterStats>,
     pub reports: u64,
@@ -162,6 +171,28 @@ pub fn start(
         "By",
         store_recovered_bytes
     );
+    counter!(
+        "kestrel.debuginfod.downloads",
+        "debug files downloaded from debuginfod servers",
+        debuginfod_downloads
+    );
+    counter!(
+        "kestrel.debuginfod.failures",
+        "debuginfod requests that failed (server down, timeout, bad file)",
+        debuginfod_failures
+    );
+    {
+        let s = Arc::clone(&shared);
+        meter
+            .u64_observable_counter("kestrel.symbols.named")
+            .with_description("frames named, by where the name came from (source = none: unnamed)")
+            .with_callback(move |o| {
+                for (source, frames) in read(&s).symbol_sources {
+                    o.observe(frames, &[KeyValue::new("source", source)]);
+                }
+            })
+            .build();
+    }
     {
         let s = Arc::clone(&shared);
         meter
@@ -200,4 +231,19 @@ pub fn start(
             .build();
     }
     Ok(provider)
+}
+
+/// The store's per-source counts as the snapshot names them.
+pub fn symbol_sources(store: &kestrel_symbols::StoreStats) -> BTreeMap<String, u64> {
+    [
+        ("symtab", store.named_symtab),
+        ("dynsym", store.named_dynsym),
+        ("build_id_dir", store.named_build_id_dir),
+        ("debuglink", store.named_debuglink),
+        ("debuginfod", store.named_debuginfod),
+        ("none", store.unnamed_frames),
+    ]
+    .into_iter()
+    .map(|(source, frames)| (source.to_string(), frames))
+    .collect()
 }

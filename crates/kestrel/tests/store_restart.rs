@@ -291,6 +291,14 @@ fn run_stopped_by_sigterm_then_started_again_reads_the_symbols_from_disk() {
     );
     assert!(stderr.contains("symbol store disk tier closed"), "{stderr}");
     assert_eq!(n(&first, "store_recovered_entries"), 0, "{first}");
+    // The agent's stats say where the names came from.
+    let named: u64 = first["symbol_sources"]
+        .as_object()
+        .expect("symbol_sources in the agent's stats")
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert!(named > 0, "no frame counted by name source: {first}");
 
     let agent = Agent::start(dir.path(), &cache, &spinner, "second");
     let second = agent.wait_for_symbols();

@@ -274,6 +274,11 @@ fn update_snapshot(
         s.store_symbolized_file_frames = store.symbolized_file_frames;
         s.store_recovered_entries = store.recovered_entries;
         s.store_recovered_bytes = store.recovered_bytes;
+        s.symbol_sources = telemetry::symbol_sources(&store);
+        s.debuginfod_downloads = store.debuginfod_downloads;
+        s.debuginfod_bytes = store.debuginfod_bytes;
+        s.debuginfod_not_found = store.debuginfod_not_found;
+        s.debuginfod_failures = store.debuginfod_failures;
     });
     refresh_exports(shared, exporters);
 }
