@@ -7,18 +7,21 @@ use libbpf_rs::{Link, Object};
 use crate::features::OffCpuHook;
 use crate::{KernelFeatures, Probe, ProbeConfig, ProbeError};
 
+/// Enabled when `Session` decided a hook (`config.off_cpu_hook`, resolved
+/// before the factories run; `None` when off-CPU is off).
 pub(crate) fn factory(
     config: &ProbeConfig,
-    features: &KernelFeatures,
+    _features: &KernelFeatures,
 ) -> Result<Option<Box<dyn Probe>>, ProbeError> {
-    Ok(
-        crate::features::choose_off_cpu_hook(config, features)?.map(|hook| {
-            Box::new(OffCpuProbe {
-                hook,
-                links: Vec::new(),
-            }) as Box<dyn Probe>
-        }),
-    )
+    let hook = config
+        .off_cpu_hook
+        .filter(|_| config.off_cpu_probability > 0.0);
+    Ok(hook.map(|hook| {
+        Box::new(OffCpuProbe {
+            hook,
+            links: Vec::new(),
+        }) as Box<dyn Probe>
+    }))
 }
 
 struct OffCpuProbe {

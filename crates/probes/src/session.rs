@@ -195,6 +195,14 @@ impl Session {
         online: &CpuSet,
     ) -> Result<Session, ProbeError> {
         crate::route_libbpf_logs();
+        // The hook is decided here, once (a caller that already chose one, as
+        // the agent does, has it validated); the probes read the decision.
+        let off_cpu_hook = crate::features::choose_off_cpu_hook(config, features)?;
+        let decided = ProbeConfig {
+            off_cpu_hook,
+            ..config.clone()
+        };
+        let config = &decided;
         let mut probes = Vec::new();
         for (name, factory) in REGISTRY {
             if let Some(probe) = factory(config, features)? {
@@ -202,7 +210,6 @@ impl Session {
                 probes.push(probe);
             }
         }
-        let off_cpu_hook = crate::features::choose_off_cpu_hook(config, features)?;
         let wanted_programs: Vec<&str> = probes.iter().flat_map(|p| p.programs()).collect();
 
         let mut open = ObjectBuilder::default()
