@@ -442,8 +442,11 @@ fn validate(c: &Config, fig: &Figment) -> Result<(), ConfigError> {
         format!("{:?}", s.unwind),
         "one of fp, auto, table",
     );
+    // Only a running table unwinder takes its share of the BPF cap: with
+    // frame pointers (the default) a small `--memory-cap` must stay valid.
     check(
-        (64 * 1024..=c.memory.bpf_cap_bytes / 2).contains(&c.memory.unwind_cap_bytes),
+        !c.sampling.unwind_tables()
+            || (64 * 1024..=c.memory.bpf_cap_bytes / 2).contains(&c.memory.unwind_cap_bytes),
         "memory.unwind_cap_bytes",
         c.memory.unwind_cap_bytes.to_string(),
         "64 KiB ..= half of memory.bpf_cap_bytes",
@@ -696,5 +699,23 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/kestrel.toml"));
+    }
+
+    #[test]
+    fn the_unwind_cap_is_checked_only_when_the_table_unwinder_runs() {
+        Jail::expect_with(|jail| {
+            jail.create_file("small.toml", "[memory]\nbpf_cap_bytes = 1048576\n")?;
+            load(Some(Path::new("small.toml")), &NoOverrides::default())
+                .expect("frame pointers (the default) leave the whole small cap to the ring");
+            jail.create_file(
+                "tables.toml",
+                "[sampling]\nunwind = \"auto\"\n[memory]\nbpf_cap_bytes = 1048576\n",
+            )?;
+            let e = load(Some(Path::new("tables.toml")), &NoOverrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("memory.unwind_cap_bytes"), "{e}");
+            Ok(())
+        });
     }
 }
