@@ -70,10 +70,6 @@ pub struct RateArgs {
     /// Kernel memory cap for all BPF maps, in bytes.
     #[arg(long, value_name = "BYTES")]
     pub memory_cap: Option<u64>,
-    /// How user stacks are walked: fp (frame pointers), auto or table (unwind
-    /// tables from .eh_frame, frame pointers where a file has none).
-    #[arg(long, value_name = "fp|auto|table")]
-    pub unwind: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -200,8 +196,6 @@ struct SamplingOverrides {
     pids: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile_self: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unwind: Option<String>,
 }
 
 impl SamplingOverrides {
@@ -211,7 +205,6 @@ impl SamplingOverrides {
             && self.poll_interval_ms.is_none()
             && self.pids.is_none()
             && self.profile_self.is_none()
-            && self.unwind.is_none()
     }
 }
 
@@ -269,7 +262,6 @@ impl RateArgs {
         o.off_cpu.probability = self.off_cpu_probability;
         o.off_cpu.sched_events_per_cpu_s = self.sched_events;
         o.memory.bpf_cap_bytes = self.memory_cap;
-        o.sampling.unwind = self.unwind.clone();
     }
 }
 

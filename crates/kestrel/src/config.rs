@@ -68,11 +68,6 @@ pub struct Sampling {
     pub pids: Vec<u32>,
     /// Sample Kestrel itself too.
     pub profile_self: bool,
-    /// How user stacks are walked: `fp` (frame pointers, bpf_get_stack),
-    /// `auto` or `table` (the BPF table unwinder: unwind tables built from
-    /// each file's .eh_frame, frame pointers where a file has none; the two
-    /// behave alike today).
-    pub unwind: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,11 +90,6 @@ pub struct OffCpu {
 pub struct Memory {
     /// Kernel memory cap for all of Kestrel's BPF maps together, in bytes.
     pub bpf_cap_bytes: u64,
-    /// Bytes of the unwind tables' pools (part of bpf_cap_bytes) when the
-    /// table unwinder is on. 2 MiB holds about 20 tables of glibc's size
-    /// (95 KB; python3.11's is 237 KB): a service's executable and libraries,
-    /// leaving most of the 8 MiB default cap to the ring buffer.
-    pub unwind_cap_bytes: u64,
     /// Grow the ring buffer when a drain finds it more than this fraction full.
     pub ring_grow_above: f64,
     /// Shrink it when drains find it less than this fraction full ...
@@ -179,13 +169,6 @@ impl Default for Telemetry {
     }
 }
 
-impl Sampling {
-    /// Whether the BPF table unwinder walks user stacks.
-    pub fn unwind_tables(&self) -> bool {
-        self.unwind != "fp"
-    }
-}
-
 impl Default for Sampling {
     fn default() -> Self {
         Sampling {
@@ -194,7 +177,6 @@ impl Default for Sampling {
             poll_interval_ms: 250,
             pids: Vec::new(),
             profile_self: false,
-            unwind: "fp".into(),
         }
     }
 }
@@ -214,7 +196,6 @@ impl Default for Memory {
     fn default() -> Self {
         Memory {
             bpf_cap_bytes: 8 * 1024 * 1024,
-            unwind_cap_bytes: 2 * 1024 * 1024,
             ring_grow_above: 0.5,
             ring_shrink_below: 0.125,
             ring_shrink_after_s: 60.0,
@@ -435,21 +416,6 @@ fn validate(c: &Config, fig: &Figment) -> Result<(), ConfigError> {
         "off_cpu.hook",
         format!("{:?}", c.off_cpu.hook),
         "one of auto, tp_btf, raw_tp",
-    );
-    check(
-        ["fp", "auto", "table"].contains(&s.unwind.as_str()),
-        "sampling.unwind",
-        format!("{:?}", s.unwind),
-        "one of fp, auto, table",
-    );
-    // Only a running table unwinder takes its share of the BPF cap: with
-    // frame pointers (the default) a small `--memory-cap` must stay valid.
-    check(
-        !c.sampling.unwind_tables()
-            || (64 * 1024..=c.memory.bpf_cap_bytes / 2).contains(&c.memory.unwind_cap_bytes),
-        "memory.unwind_cap_bytes",
-        c.memory.unwind_cap_bytes.to_string(),
-        "64 KiB ..= half of memory.bpf_cap_bytes",
     );
     check(
         c.memory.bpf_cap_bytes >= 1 << 20,
@@ -699,23 +665,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("/nonexistent/kestrel.toml"));
-    }
-
-    #[test]
-    fn the_unwind_cap_is_checked_only_when_the_table_unwinder_runs() {
-        Jail::expect_with(|jail| {
-            jail.create_file("small.toml", "[memory]\nbpf_cap_bytes = 1048576\n")?;
-            load(Some(Path::new("small.toml")), &NoOverrides::default())
-                .expect("frame pointers (the default) leave the whole small cap to the ring");
-            jail.create_file(
-                "tables.toml",
-                "[sampling]\nunwind = \"auto\"\n[memory]\nbpf_cap_bytes = 1048576\n",
-            )?;
-            let e = load(Some(Path::new("tables.toml")), &NoOverrides::default())
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("memory.unwind_cap_bytes"), "{e}");
-            Ok(())
-        });
     }
 }

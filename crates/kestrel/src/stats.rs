@@ -87,11 +87,6 @@ struct Stats<'a> {
     plan_floor_bytes: u64,
     replans: &'a [ReplanRecord],
     counters: &'a Counters,
-    /// The table unwinder's user space (tables loaded, evicted, bytes, build
-    /// time); absent with `--unwind fp`. Frames by method and stacks by end
-    /// reason are in `counters` (`unwind_*`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unwind: Option<kestrel_probes::UnwindStats>,
     symbols: &'a StoreStats,
 }
 
@@ -178,7 +173,6 @@ pub fn render(
         replans: &f.replans,
         maps,
         counters: c,
-        unwind: f.unwind,
         symbols: &symbols,
     };
     serde_json::to_vec_pretty(&stats)

@@ -24,13 +24,6 @@ unsafe impl Plain for types::rodata {}
 unsafe impl Plain for types::kestrel_sample_header {}
 // SAFETY: integer fields only, no padding (same test).
 unsafe impl Plain for types::kestrel_wake {}
-// SAFETY: a u32 count, a u32 reserved word and an array of four-u64 structs:
-// no padding (same test).
-unsafe impl Plain for types::kestrel_proc_mappings {}
-// SAFETY: four u32 fields (same test).
-unsafe impl Plain for types::kestrel_unwind_file {}
-// SAFETY: i32, i16, u8, u8: 8 bytes, no padding (same test).
-unsafe impl Plain for types::kestrel_unwind_rule {}
 
 /// `value`'s bytes as the BPF side lays them out (native byte order).
 pub(crate) fn bytes_of<T: Plain>(value: &T) -> &[u8] {
@@ -149,7 +142,6 @@ mod tests {
                 off_cpu_threshold,
                 off_cpu_min_ns,
                 off_cpu_task_storage,
-                unwind_enabled,
                 reserved
             }),
             &[
@@ -161,8 +153,7 @@ mod tests {
                 ("off_cpu_threshold", 20, 4),
                 ("off_cpu_min_ns", 24, 8),
                 ("off_cpu_task_storage", 32, 4),
-                ("unwind_enabled", 36, 4),
-                ("reserved", 40, 24),
+                ("reserved", 36, 28),
             ],
             size_of::<kestrel_config>(),
         );
@@ -171,68 +162,6 @@ mod tests {
             fields!(kestrel_sample { header, frames }),
             &[("header", 0, 48), ("frames", 48, 2 * 127 * 8)],
             size_of::<kestrel_sample>(),
-        );
-        assert_layout(
-            "kestrel_mapping",
-            fields!(kestrel_mapping {
-                start,
-                end,
-                bias,
-                file_key
-            }),
-            &[
-                ("start", 0, 8),
-                ("end", 8, 8),
-                ("bias", 16, 8),
-                ("file_key", 24, 8),
-            ],
-            size_of::<kestrel_mapping>(),
-        );
-        assert_layout(
-            "kestrel_proc_mappings",
-            fields!(kestrel_proc_mappings {
-                count,
-                reserved,
-                mappings
-            }),
-            &[
-                ("count", 0, 4),
-                ("reserved", 4, 4),
-                ("mappings", 8, 64 * 32),
-            ],
-            size_of::<kestrel_proc_mappings>(),
-        );
-        assert_layout(
-            "kestrel_unwind_file",
-            fields!(kestrel_unwind_file {
-                page_base,
-                page_count,
-                rule_base,
-                reserved
-            }),
-            &[
-                ("page_base", 0, 4),
-                ("page_count", 4, 4),
-                ("rule_base", 8, 4),
-                ("reserved", 12, 4),
-            ],
-            size_of::<kestrel_unwind_file>(),
-        );
-        assert_layout(
-            "kestrel_unwind_rule",
-            fields!(kestrel_unwind_rule {
-                cfa_offset,
-                rbp_offset,
-                kind,
-                rbp_kind
-            }),
-            &[
-                ("cfa_offset", 0, 4),
-                ("rbp_offset", 4, 2),
-                ("kind", 6, 1),
-                ("rbp_kind", 7, 1),
-            ],
-            size_of::<kestrel_unwind_rule>(),
         );
         assert_layout(
             "kestrel_in_flight",
@@ -271,22 +200,6 @@ mod tests {
             kestrel_counter::KESTREL_NUM_COUNTERS.0,
             kestrel_sizing::NUM_COUNTERS
         );
-        assert_eq!(
-            as_u32(size_of::<kestrel_proc_mappings>()),
-            kestrel_sizing::PROC_MAPPINGS_VALUE_BYTES
-        );
-        assert_eq!(
-            as_u32(size_of::<kestrel_unwind_file>()),
-            kestrel_sizing::UNWIND_FILE_VALUE_BYTES
-        );
-        assert_eq!(
-            size_of::<kestrel_unwind_rule>(),
-            kestrel_unwind::RawRule::SIZE
-        );
-        assert_eq!(
-            as_u32(size_of::<kestrel_u32_chunk>()),
-            kestrel_sizing::UNWIND_CHUNK_BYTES
-        );
         // The frame buffer holds a kernel and a user stack of the deepest depth.
         let sample = kestrel_sample::default();
         assert_eq!(
@@ -310,14 +223,14 @@ mod tests {
         let config = kestrel_config {
             self_tgid: 0x0403_0201,
             off_cpu_min_ns: 0x0c0b_0a09_0807_0605,
-            reserved: [0xffff_ffff; 6],
+            reserved: [0xffff_ffff; 7],
             ..kestrel_config::default()
         };
         let b = bytes_of(&config);
         assert_eq!(b.len(), 64);
         assert_eq!(&b[0..4], &0x0403_0201u32.to_ne_bytes());
         assert_eq!(&b[24..32], &0x0c0b_0a09_0807_0605u64.to_ne_bytes());
-        assert_eq!(&b[40..64], &[0xff; 24]);
+        assert_eq!(&b[36..64], &[0xff; 28]);
         assert_eq!(bytes_of(&rodata { CONFIG: config }), b);
     }
 }

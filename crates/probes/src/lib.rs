@@ -15,16 +15,14 @@ mod on_cpu;
 pub mod perf;
 pub mod record;
 mod session;
-mod unwind;
 
 use std::time::Duration;
 
 use thiserror::Error;
 
 pub use features::{KernelFeatures, OffCpuHook, Outcome};
-pub use record::{unwind_end, RawSample, SampleKind, UNWIND_END_NO_MAPPING};
+pub use record::{RawSample, SampleKind};
 pub use session::{Counters, CpuChange, MapMemory, Session, OFF_CPU_IN_FLIGHT_COUNTER};
-pub use unwind::{parse_exec_mappings, ExecMapping, UnwindStats};
 
 /// What the probes are asked to do; validated by the binary's configuration.
 #[derive(Debug, Clone)]
@@ -42,10 +40,6 @@ pub struct ProbeConfig {
     pub stack_depth: u32,
     /// Force an off-CPU hook flavour; `None` picks the best the kernel allows.
     pub off_cpu_hook: Option<OffCpuHook>,
-    /// Walk user stacks with the unwind tables (frame pointers where a file has
-    /// none) instead of `bpf_get_stack`'s frame pointers. Needs the plan's
-    /// unwind rows (`PlanInputs::unwind_cap_bytes > 0`).
-    pub unwind_tables: bool,
 }
 
 impl Default for ProbeConfig {
@@ -58,7 +52,6 @@ impl Default for ProbeConfig {
             profile_self: false,
             stack_depth: kestrel_sizing::MAX_STACK_DEPTH,
             off_cpu_hook: None,
-            unwind_tables: false,
         }
     }
 }

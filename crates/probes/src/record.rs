@@ -39,22 +39,6 @@ pub const RECORD_OFF_CPU_WAKE: u8 = byte(Kind::RECORD_OFF_CPU_WAKE.0);
 pub const FLAG_KERNEL_STACK_ERROR: u8 = byte(Flags::FLAG_KERNEL_STACK_ERROR.0);
 pub const FLAG_USER_STACK_ERROR: u8 = byte(Flags::FLAG_USER_STACK_ERROR.0);
 pub const FLAG_KERNEL_THREAD: u8 = byte(Flags::FLAG_KERNEL_THREAD.0);
-pub const FLAG_USER_UNWOUND: u8 = byte(Flags::FLAG_USER_UNWOUND.0);
-const FLAG_UNWIND_END_MASK: u8 = byte(Flags::FLAG_UNWIND_END_MASK.0);
-/// `FLAG_UNWIND_END_SHIFT`: the mask's lowest bit.
-const FLAG_UNWIND_END_SHIFT: u32 = FLAG_UNWIND_END_MASK.trailing_zeros();
-
-/// `enum kestrel_unwind_end` of kestrel.h: why an unwound user stack ended.
-pub const UNWIND_END_NO_MAPPING: u8 =
-    byte(crate::bpf::skel::types::kestrel_unwind_end::UNWIND_END_NO_MAPPING.0);
-
-/// Why the table unwinder ended a sample's user stack (an
-/// `enum kestrel_unwind_end` value); `None` when the stack came from
-/// `bpf_get_stack`.
-pub fn unwind_end(flags: u8) -> Option<u8> {
-    (flags & FLAG_USER_UNWOUND != 0)
-        .then_some((flags & FLAG_UNWIND_END_MASK) >> FLAG_UNWIND_END_SHIFT)
-}
 
 /// `sizeof(struct kestrel_sample_header)`.
 pub const HEADER_BYTES: usize = size_of::<Header>();
@@ -251,14 +235,6 @@ pub fn parse_record(bytes: &[u8]) -> Result<Record, RecordError> {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn unwind_end_is_read_from_the_flags_only_for_unwound_stacks() {
-        assert_eq!(unwind_end(FLAG_KERNEL_THREAD), None);
-        let flags = FLAG_USER_UNWOUND | (UNWIND_END_NO_MAPPING << 4) | FLAG_USER_STACK_ERROR;
-        assert_eq!(unwind_end(flags), Some(UNWIND_END_NO_MAPPING));
-        assert_eq!(UNWIND_END_NO_MAPPING, 3);
-    }
     use super::*;
 
     fn header(kind: u8, kframes: u8, uframes: u8) -> Vec<u8> {

@@ -14,7 +14,6 @@ use crate::bpf::skel::types::{kestrel_config, kestrel_counter as Counter, rodata
 use crate::bpf::KESTREL_OBJECT;
 use crate::features::{KernelFeatures, OffCpuHook};
 use crate::record::{parse_record, RawSample, Record, SampleKind};
-use crate::unwind::{UnwindStats, Unwinder};
 use crate::{Probe, ProbeConfig, ProbeError, REGISTRY};
 
 /// Blocks waiting for their wake are kept per thread; past this many the oldest
@@ -57,24 +56,6 @@ pub struct Counters {
     /// Recorded waits whose switch-in the BPF program did not see (found still
     /// open at the thread's next switch-out): lost, and counted here.
     pub off_cpu_missed_wakes: u64,
-    /// User frames found through an unwind table.
-    pub unwind_frames_table: u64,
-    /// User frames found through frame pointers by the unwinder.
-    pub unwind_frames_fp: u64,
-    /// Unwound stacks by end reason: reached the outermost frame.
-    pub unwind_end_outermost: u64,
-    /// Frame pointers failed in a file without a table.
-    pub unwind_end_no_table: u64,
-    /// A pc in no known mapping, and frame pointers failed.
-    pub unwind_end_no_mapping: u64,
-    /// A read of the user stack failed.
-    pub unwind_end_read_fault: u64,
-    /// The stack depth limit was reached.
-    pub unwind_end_depth: u64,
-    /// An unsupported rule, or the stack did not move up.
-    pub unwind_end_stuck: u64,
-    /// Unwound stacks of a process whose mappings were not loaded yet.
-    pub unwind_no_process: u64,
 }
 
 impl Counters {
@@ -100,15 +81,6 @@ impl Counters {
             off_cpu_unmatched_wakes: self.off_cpu_unmatched_wakes + o.off_cpu_unmatched_wakes,
             off_cpu_pending_dropped: self.off_cpu_pending_dropped + o.off_cpu_pending_dropped,
             off_cpu_missed_wakes: self.off_cpu_missed_wakes + o.off_cpu_missed_wakes,
-            unwind_frames_table: self.unwind_frames_table + o.unwind_frames_table,
-            unwind_frames_fp: self.unwind_frames_fp + o.unwind_frames_fp,
-            unwind_end_outermost: self.unwind_end_outermost + o.unwind_end_outermost,
-            unwind_end_no_table: self.unwind_end_no_table + o.unwind_end_no_table,
-            unwind_end_no_mapping: self.unwind_end_no_mapping + o.unwind_end_no_mapping,
-            unwind_end_read_fault: self.unwind_end_read_fault + o.unwind_end_read_fault,
-            unwind_end_depth: self.unwind_end_depth + o.unwind_end_depth,
-            unwind_end_stuck: self.unwind_end_stuck + o.unwind_end_stuck,
-            unwind_no_process: self.unwind_no_process + o.unwind_no_process,
         }
     }
 }
@@ -151,7 +123,6 @@ fn encode_config(config: &ProbeConfig, hook: Option<OffCpuHook>) -> kestrel_conf
         off_cpu_threshold: threshold,
         off_cpu_min_ns: u64::try_from(config.off_cpu_min_duration.as_nanos()).unwrap_or(u64::MAX),
         off_cpu_task_storage: u32::from(hook == Some(OffCpuHook::TpBtfTaskStorage)),
-        unwind_enabled: u32::from(config.unwind_tables),
         ..kestrel_config::default()
     }
 }
@@ -182,8 +153,6 @@ pub struct Session {
     off_cpu_hook: Option<OffCpuHook>,
     /// Counters of the sessions this one replaced.
     carried: Counters,
-    /// The table unwinder's loader, when it is on.
-    unwind: Option<Unwinder>,
 }
 
 impl Session {
@@ -335,7 +304,6 @@ impl Session {
             online,
             off_cpu_hook,
             carried: Counters::default(),
-            unwind: config.unwind_tables.then(Unwinder::new),
         };
         Ok(session)
     }
@@ -349,12 +317,6 @@ impl Session {
         online: &CpuSet,
     ) -> Result<Session, ProbeError> {
         let mut session = Self::load(config, plan, features, online)?;
-        // The processes asked for get their tables before the first sample, so
-        // a recording is unwound from its start. A failure here is not fatal:
-        // their stacks fall back to frame pointers until the next poll.
-        if let Err(e) = session.unwind_processes(config.pids.iter().map(|&p| (p, false))) {
-            warn!(error = %e, "loading unwind tables before attaching failed");
-        }
         session.attach()?;
         Ok(session)
     }
@@ -404,51 +366,8 @@ impl Session {
         self.flush_in_flight(now_ns(), out);
         // Counters are cumulative across swaps: carry the old ones over.
         next.carried = self.counters()?;
-        if let Some(u) = &self.unwind {
-            // The new object's pools are empty: processes load again when
-            // next sampled, from the tables already built.
-            next.unwind = Some(u.for_new_object());
-        }
         std::mem::swap(self, &mut next);
         Ok(())
-    }
-
-    /// Tell the table unwinder which processes were sampled: a process seen
-    /// for the first time (or `reload`ed, e.g. after an exec) gets its
-    /// mappings read and its files' tables loaded; the others are marked used
-    /// for the eviction order. Nothing when the unwinder is off.
-    pub fn unwind_processes(
-        &mut self,
-        pids: impl IntoIterator<Item = (u32, bool)>,
-    ) -> Result<(), ProbeError> {
-        let Some(unwinder) = self.unwind.as_mut() else {
-            return Ok(());
-        };
-        let mut first_error = None;
-        for (pid, reload) in pids {
-            if reload || !unwinder.knows(pid) {
-                // One process's failure (e.g. proc_mappings full) must not
-                // keep the others from their tables.
-                if let Err(e) = unwinder.load_process(&self.object, pid) {
-                    first_error.get_or_insert(e);
-                }
-            } else {
-                unwinder.touch(pid);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Removes the unwinder's entries of processes that exited.
-    pub fn unwind_forget_exited(&mut self) {
-        if let Some(u) = self.unwind.as_mut() {
-            u.forget_exited(&self.object);
-        }
-    }
-
-    /// What the unwinder's user space did; `None` when it is off.
-    pub fn unwind_stats(&self) -> Option<UnwindStats> {
-        self.unwind.as_ref().map(Unwinder::stats)
     }
 
     /// Ring bytes consumed by drains since the last call.
@@ -600,15 +519,6 @@ impl Session {
             off_cpu_exit_cleaned: get(Counter::COUNTER_OFF_CPU_EXIT_CLEANED),
             scratch_missing: get(Counter::COUNTER_SCRATCH_MISSING),
             off_cpu_missed_wakes: get(Counter::COUNTER_OFF_CPU_MISSED_WAKE),
-            unwind_frames_table: get(Counter::COUNTER_UNWIND_FRAMES_TABLE),
-            unwind_frames_fp: get(Counter::COUNTER_UNWIND_FRAMES_FP),
-            unwind_end_outermost: get(Counter::COUNTER_UNWIND_END_OUTERMOST),
-            unwind_end_no_table: get(Counter::COUNTER_UNWIND_END_NO_TABLE),
-            unwind_end_no_mapping: get(Counter::COUNTER_UNWIND_END_NO_MAPPING),
-            unwind_end_read_fault: get(Counter::COUNTER_UNWIND_END_READ_FAULT),
-            unwind_end_depth: get(Counter::COUNTER_UNWIND_END_DEPTH),
-            unwind_end_stuck: get(Counter::COUNTER_UNWIND_END_STUCK),
-            unwind_no_process: get(Counter::COUNTER_UNWIND_NO_PROCESS),
             malformed_records: self.malformed.load(Ordering::Relaxed),
             off_cpu_unmatched_wakes: self.unmatched_wakes,
             off_cpu_pending_dropped: self.pending_dropped,

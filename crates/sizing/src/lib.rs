@@ -42,7 +42,6 @@ pub use plan::{
     next_pow2, plan, MapPlan, MapRow, OffCpuState, PlanInputs, PlanInputsSummary, Tier,
     DEFAULT_MEMORY_CAP_BYTES, EVENTS_CAP_BYTES, EVENTS_FLOOR_BYTES, OFFCPU_ENTRIES_CAP,
     OFFCPU_ENTRIES_FLOOR, OFFCPU_VALUE_BYTES, PID_FILTER_MAX_LEN, RINGBUF_RECORD_HEADER_BYTES,
-    UNWIND_CHUNK_BYTES, UNWIND_FILES_ENTRIES, UNWIND_PROCESSES_DEFAULT,
 };
 pub use reference::{read_pid_max, reference_cost, ReferenceCost};
 pub use tiers::{
@@ -72,12 +71,7 @@ pub const WAKE_RECORD_BYTES: u32 = 32;
 pub const EXPECTED_FRAMES_PER_STACK: u32 = 32;
 /// Number of 8-byte self-metric counters the BPF programs keep:
 /// `KESTREL_NUM_COUNTERS` of `enum kestrel_counter`.
-pub const NUM_COUNTERS: u32 = 32;
+pub const NUM_COUNTERS: u32 = 16;
 /// Size of the BPF object's `.rodata` section (its configuration constants):
 /// `sizeof(struct kestrel_config)`.
 pub const RODATA_BYTES: u32 = 64;
-/// Value of a `proc_mappings` entry: `sizeof(struct kestrel_proc_mappings)`
-/// (a count and `MAX_PROC_MAPPINGS` = 64 executable mappings of 32 B).
-pub const PROC_MAPPINGS_VALUE_BYTES: u32 = 8 + 64 * 32;
-/// Value of an `unwind_files` entry: `sizeof(struct kestrel_unwind_file)`.
-pub const UNWIND_FILE_VALUE_BYTES: u32 = 16;

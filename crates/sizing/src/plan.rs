@@ -7,9 +7,8 @@ use serde::{Serialize, Serializer};
 use crate::cost::{self, task_storage_buckets, task_storage_bytes_per_task, KernelCostModel};
 use crate::{
     CpuSet, MapType, SizingError, Topology, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_F_RDONLY_PROG,
-    EXPECTED_FRAMES_PER_STACK, MAX_STACK_DEPTH, NUM_COUNTERS, PROC_MAPPINGS_VALUE_BYTES,
-    RECORD_HEADER_BYTES, RECORD_MAX_BYTES, RODATA_BYTES, UNWIND_FILE_VALUE_BYTES,
-    WAKE_RECORD_BYTES,
+    EXPECTED_FRAMES_PER_STACK, MAX_STACK_DEPTH, NUM_COUNTERS, RECORD_HEADER_BYTES,
+    RECORD_MAX_BYTES, RODATA_BYTES, WAKE_RECORD_BYTES,
 };
 
 /// Smallest `events` ring buffer: room for bursts at any rate.
@@ -28,18 +27,6 @@ pub const OFFCPU_VALUE_BYTES: u32 = 16;
 pub const DEFAULT_MEMORY_CAP_BYTES: u64 = 8 * 1024 * 1024;
 /// `PID_MAX_LIMIT` on 64-bit Linux: a PID filter can never need more.
 pub const PID_FILTER_MAX_LEN: u32 = 1 << 22;
-
-/// Files whose tables can be loaded at once (`unwind_files` entries): a
-/// service maps tens of executable files; 256 leaves room for many processes
-/// with different libraries. An entry costs 8 B key + 16 B value + hash
-/// overhead, so the floor stays small.
-pub const UNWIND_FILES_ENTRIES: u32 = 256;
-/// Processes whose mappings the unwinder holds when every process is sampled
-/// (with a PID filter: the filter's length).
-pub const UNWIND_PROCESSES_DEFAULT: u32 = 128;
-/// Value of `unwind_rows` and `unwind_pages`: `struct kestrel_u32_chunk`, 16
-/// u32s (one u32 per array element would be rounded up to 8 B by the kernel).
-pub const UNWIND_CHUNK_BYTES: u32 = 64;
 
 const KEY_U32_BYTES: u32 = 4;
 const PAGE_SIZE_U32: u32 = 4096;
@@ -85,10 +72,6 @@ pub struct PlanInputs {
     /// The kernel's struct layout the bytes are priced with: on a live host,
     /// `KernelCostModel::for_running_kernel()`.
     pub kernel: KernelCostModel,
-    /// Bytes the unwind tables' three pools (`unwind_rows`, `unwind_pages`,
-    /// `unwind_rules`) may hold together; 0: the table unwinder is off and
-    /// none of its maps exists.
-    pub unwind_cap_bytes: u64,
 }
 
 fn serialize_millis<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -109,7 +92,6 @@ impl Default for PlanInputs {
             off_cpu_state: OffCpuState::TaskStorage,
             events_bytes: None,
             kernel: KernelCostModel::default(),
-            unwind_cap_bytes: 0,
         }
     }
 }
@@ -303,9 +285,6 @@ pub fn plan(inputs: &PlanInputs) -> Result<MapPlan, SizingError> {
     }
     if inputs.off_cpu_probability > 0.0 {
         maps.push(off_cpu_row(inputs, possible, &inputs.kernel));
-    }
-    if inputs.unwind_cap_bytes > 0 {
-        maps.extend(unwind_rows(inputs, possible, &inputs.kernel));
     }
     maps.push(rodata_row(possible, &inputs.kernel));
 
@@ -713,95 +692,6 @@ fn pid_filter_row(pid_filter_len: u32, possible: u32, kernel: &KernelCostModel) 
     )
 }
 
-/// The table unwinder's maps. The cap (`unwind_cap_bytes`) is split among the
-/// three pools by what tables need, measured on glibc 2.36 and python 3.11
-/// (kestrel-unwind's README): rows dominate (4 B each, ~23k for libc), pages
-/// are 4 B per 64 KiB of file, rules 8 B × ~300 per file. Rows get 7/8 of the
-/// cap, pages and rules 1/16 each. All three are arrays (allocated whole at
-/// load: the cap is the floor, no growth), which the loader fills and evicts
-/// in by least recently sampled file. `unwind_files` holds up to
-/// [`UNWIND_FILES_ENTRIES`] files, `proc_mappings` one value per process;
-/// both are hashes without preallocation, so they grow as files and processes
-/// are seen and hold no per-CPU spare elements (a preallocated hash keeps one
-/// per possible CPU: 2 KiB each here).
-fn unwind_rows(inputs: &PlanInputs, possible: u32, kernel: &KernelCostModel) -> Vec<MapRow> {
-    let cap = inputs.unwind_cap_bytes;
-    // `elem` is the array's value: a chunk of 16 u32s (64 B) for rows and
-    // pages, an 8-byte rule; an array's kernel element is its value rounded up
-    // to 8 B, so neither wastes any of the cap.
-    let pool = |name: &'static str, share_16ths: u64, elem: u32| {
-        let entries =
-            u32::try_from((cap * share_16ths / 16 / u64::from(elem)).max(1)).unwrap_or(u32::MAX);
-        build_row(
-            RowSpec {
-                name,
-                map_type: MapType::Array,
-                key_size: KEY_U32_BYTES,
-                value_size: elem,
-                max_entries: entries,
-                map_flags: 0,
-                tier: Tier::Cap,
-                filled_at_cap: u64::from(entries),
-                formula: format!(
-                    "{share_16ths}/16 × {cap} B unwind cap / {elem} B = {entries} entries"
-                ),
-                formula_inputs: vec![("unwind_cap_bytes", cap.to_string())],
-            },
-            possible,
-            kernel,
-        )
-    };
-    let processes = if inputs.pid_filter_len > 0 {
-        next_pow2(u64::from(inputs.pid_filter_len))
-    } else {
-        UNWIND_PROCESSES_DEFAULT
-    };
-    vec![
-        pool("unwind_rows", 14, UNWIND_CHUNK_BYTES),
-        pool("unwind_pages", 1, UNWIND_CHUNK_BYTES),
-        pool("unwind_rules", 1, 8),
-        build_row(
-            RowSpec {
-                name: "unwind_files",
-                map_type: MapType::Hash,
-                key_size: 8,
-                value_size: UNWIND_FILE_VALUE_BYTES,
-                max_entries: UNWIND_FILES_ENTRIES,
-                map_flags: BPF_F_NO_PREALLOC,
-                tier: Tier::Growth,
-                filled_at_cap: u64::from(UNWIND_FILES_ENTRIES),
-                formula: format!("up to {UNWIND_FILES_ENTRIES} files, allocated as tables load"),
-                formula_inputs: vec![],
-            },
-            possible,
-            kernel,
-        ),
-        build_row(
-            RowSpec {
-                name: "proc_mappings",
-                map_type: MapType::Hash,
-                key_size: KEY_U32_BYTES,
-                value_size: PROC_MAPPINGS_VALUE_BYTES,
-                max_entries: processes,
-                map_flags: BPF_F_NO_PREALLOC,
-                tier: Tier::Growth,
-                filled_at_cap: u64::from(processes),
-                formula: if inputs.pid_filter_len > 0 {
-                    format!(
-                        "next_pow2({} PIDs) = {processes} processes × {PROC_MAPPINGS_VALUE_BYTES} B, allocated as processes are seen",
-                        inputs.pid_filter_len
-                    )
-                } else {
-                    format!("{processes} processes (every process sampled) × {PROC_MAPPINGS_VALUE_BYTES} B, allocated as processes are seen")
-                },
-                formula_inputs: vec![("pid_filter_len", inputs.pid_filter_len.to_string())],
-            },
-            possible,
-            kernel,
-        ),
-    ]
-}
-
 fn off_cpu_row(inputs: &PlanInputs, possible: u32, kernel: &KernelCostModel) -> MapRow {
     let online = inputs.topology.online_count();
     let poll_s = inputs.poll_interval.as_secs_f64();
@@ -957,55 +847,6 @@ fn fit_memory_cap(
 mod tests {
     use super::*;
     use crate::reference_cost;
-
-    #[test]
-    fn unwind_rows_split_the_cap_and_exist_only_when_on() {
-        let off = plan(&inputs(2, 2)).unwrap();
-        for name in [
-            "unwind_rows",
-            "unwind_pages",
-            "unwind_rules",
-            "unwind_files",
-            "proc_mappings",
-        ] {
-            assert!(off.get(name).is_none(), "{name} without the unwinder");
-        }
-        let cap = 2 * 1024 * 1024;
-        let on = plan(&PlanInputs {
-            unwind_cap_bytes: cap,
-            pid_filter_len: 3,
-            ..inputs(2, 2)
-        })
-        .unwrap();
-        let rows = on.get("unwind_rows").unwrap();
-        let pages = on.get("unwind_pages").unwrap();
-        let rules = on.get("unwind_rules").unwrap();
-        assert_eq!(rows.max_entries as u64 * 64, cap * 14 / 16);
-        assert_eq!(pages.max_entries as u64 * 64, cap / 16);
-        assert_eq!(rules.max_entries as u64 * 8, cap / 16);
-        // The pools' values add up to the cap (array overhead aside).
-        let values: u64 = [rows, pages, rules]
-            .iter()
-            .map(|r| u64::from(r.max_entries) * u64::from(r.value_size))
-            .sum();
-        assert_eq!(values, cap);
-        assert_eq!(on.get("proc_mappings").unwrap().max_entries, 4);
-        assert_eq!(
-            on.get("unwind_files").unwrap().max_entries,
-            UNWIND_FILES_ENTRIES
-        );
-        // Every process when unfiltered.
-        let all = plan(&PlanInputs {
-            unwind_cap_bytes: cap,
-            ..inputs(2, 2)
-        })
-        .unwrap();
-        assert_eq!(
-            all.get("proc_mappings").unwrap().max_entries,
-            UNWIND_PROCESSES_DEFAULT
-        );
-        assert!(all.total_bytes_cap <= DEFAULT_MEMORY_CAP_BYTES);
-    }
 
     fn inputs(online: u32, possible: u32) -> PlanInputs {
         PlanInputs {

@@ -41,8 +41,6 @@ impl Knobs {
             off_cpu_state: self.off_cpu_state,
             events_bytes: None,
             kernel: KernelCostModel::default(),
-            // The unwind rows are fixed by their cap (plan.rs unit tests).
-            unwind_cap_bytes: 0,
         }
     }
 

@@ -92,11 +92,6 @@ pub fn plan_inputs(config: &Config, topology: Topology, off_cpu_state: OffCpuSta
         off_cpu_state,
         events_bytes: None,
         kernel: KernelCostModel::for_running_kernel(),
-        unwind_cap_bytes: if config.sampling.unwind_tables() {
-            config.memory.unwind_cap_bytes
-        } else {
-            0
-        },
     }
 }
 
@@ -117,7 +112,6 @@ pub fn probe_config(config: &Config) -> ProbeConfig {
         profile_self: config.sampling.profile_self,
         stack_depth: config.sampling.stack_depth,
         off_cpu_hook: config.off_cpu.forced_hook(),
-        unwind_tables: config.sampling.unwind_tables(),
     }
 }
 

@@ -14,12 +14,11 @@ mod inputs;
 mod profile;
 mod tiers;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use kestrel_model::Profile;
-use kestrel_probes::{Counters, MapMemory, OffCpuHook, RawSample, Session, UnwindStats};
+use kestrel_probes::{Counters, MapMemory, OffCpuHook, RawSample, Session};
 use kestrel_sizing::{plan, MapPlan};
 use kestrel_symbols::{ProcessImage, Symbols};
 use tracing::{info, warn};
@@ -43,17 +42,6 @@ pub struct Agent {
     symbols: Symbols,
     aggregate: Aggregate,
     batch: Vec<RawSample>,
-    /// Each sampled process's last exec sequence, for the table unwinder: a
-    /// new one means new mappings to read.
-    unwind_seen: HashMap<u32, UnwindSeen>,
-    unwind_polls: u64,
-}
-
-/// What the table unwinder's feed knows of a sampled process.
-struct UnwindSeen {
-    exec_seq: u16,
-    /// The poll at which its maps were last read.
-    reread_at: u64,
 }
 
 /// What a finished pipeline leaves: the last window and what the probes said
@@ -70,8 +58,6 @@ pub struct Finished {
     pub maps: Vec<MapMemory>,
     pub off_cpu_hook: Option<OffCpuHook>,
     pub online_at_end: u32,
-    /// The table unwinder's user space; `None` when it was off.
-    pub unwind: Option<UnwindStats>,
 }
 
 impl Agent {
@@ -98,8 +84,6 @@ impl Agent {
             tiers,
             symbols,
             batch: Vec::new(),
-            unwind_seen: HashMap::new(),
-            unwind_polls: 0,
         })
     }
 
@@ -152,7 +136,6 @@ impl Agent {
         if let Err(e) = self.tiers.after_drain(&mut self.session, &mut self.batch) {
             warn!(error = %error_chain(&e), "the live tiers could not check the ring buffer");
         }
-        self.unwind_sampled();
         for sample in self.batch.drain(..) {
             add_sample(&mut self.aggregate, &self.symbols, sample);
         }
@@ -183,48 +166,6 @@ impl Agent {
         }
     }
 
-    /// Tells the table unwinder which processes this poll's samples came from
-    /// (a new process or a new exec image reads its mappings again).
-    fn unwind_sampled(&mut self) {
-        if !self.inputs.probe.unwind_tables {
-            return;
-        }
-        let mut pids: HashMap<u32, bool> = HashMap::new();
-        let poll = self.unwind_polls;
-        for s in &self.batch {
-            if s.pid == 0 {
-                continue;
-            }
-            let seen = self.unwind_seen.entry(s.pid).or_insert(UnwindSeen {
-                exec_seq: s.exec_seq,
-                reread_at: poll,
-            });
-            // A new image (exec), or a pc in no mapping the unwinder knows
-            // (dlopen, a new JIT region): read the maps again, at most every
-            // 8 polls (2 s at the default interval) per process.
-            let stale = seen.exec_seq != s.exec_seq
-                || (kestrel_probes::unwind_end(s.flags)
-                    == Some(kestrel_probes::UNWIND_END_NO_MAPPING)
-                    && poll >= seen.reread_at + 8);
-            if stale {
-                seen.exec_seq = s.exec_seq;
-                seen.reread_at = poll;
-            }
-            *pids.entry(s.pid).or_default() |= stale;
-        }
-        if let Err(e) = self.session.unwind_processes(pids) {
-            warn!(error = %e, "loading unwind tables failed; frame pointers there");
-        }
-        // Exited processes' mapping entries would fill the map: sweep every
-        // 64 polls (16 s at the default interval).
-        self.unwind_polls = self.unwind_polls.wrapping_add(1);
-        if self.unwind_polls.is_multiple_of(64) {
-            self.session.unwind_forget_exited();
-            self.unwind_seen
-                .retain(|pid, _| Path::new(&format!("/proc/{pid}")).exists());
-        }
-    }
-
     /// Last drain, waits still open counted up to now, counters and map memory
     /// read, probes detached (they cost nothing while the caller symbolizes).
     pub fn finish(mut self) -> Finished {
@@ -245,7 +186,6 @@ impl Agent {
         };
         let maps = self.session.map_memory();
         let off_cpu_hook = self.session.off_cpu_hook();
-        let unwind = self.session.unwind_stats();
         let online_at_end = u32::try_from(self.session.online_cpus().len()).unwrap_or(u32::MAX);
         drop(self.session);
         let plan = self.tiers.plan().clone();
@@ -259,7 +199,6 @@ impl Agent {
             maps,
             off_cpu_hook,
             online_at_end,
-            unwind,
         }
     }
 }
