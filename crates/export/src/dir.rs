@@ -414,6 +414,24 @@ fn checked_values(
     Ok(values)
 }
 
+/// The directory and checked values of an exporter that writes a file per value.
+fn per_value_dir(
+    kind: &str,
+    extension: &'static str,
+    config: FoldedDirConfig,
+) -> Result<(ReportDir, Vec<FoldedValue>), ExportError> {
+    let values = checked_values(kind, config.values, config.max_files)?;
+    let files = ReportDir::new(
+        kind,
+        config.dir,
+        extension,
+        config.max_files,
+        config.max_bytes,
+        config.layout,
+    )?;
+    Ok((files, values))
+}
+
 /// Writes each report as folded stacks into a directory.
 #[derive(Debug)]
 pub struct FoldedDirExporter {
@@ -425,18 +443,8 @@ impl FoldedDirExporter {
     pub const KIND: &'static str = "folded_dir";
 
     pub fn new(config: FoldedDirConfig) -> Result<Self, ExportError> {
-        let values = checked_values(Self::KIND, config.values, config.max_files)?;
-        Ok(FoldedDirExporter {
-            files: ReportDir::new(
-                Self::KIND,
-                config.dir,
-                ".folded",
-                config.max_files,
-                config.max_bytes,
-                config.layout,
-            )?,
-            values,
-        })
+        let (files, values) = per_value_dir(Self::KIND, ".folded", config)?;
+        Ok(FoldedDirExporter { files, values })
     }
 
     /// Writes `profile` and returns the files written (one per configured value).
@@ -468,18 +476,8 @@ impl FlamegraphDirExporter {
     pub const KIND: &'static str = "flamegraph_dir";
 
     pub fn new(config: FoldedDirConfig) -> Result<Self, ExportError> {
-        let values = checked_values(Self::KIND, config.values, config.max_files)?;
-        Ok(FlamegraphDirExporter {
-            files: ReportDir::new(
-                Self::KIND,
-                config.dir,
-                ".svg",
-                config.max_files,
-                config.max_bytes,
-                config.layout,
-            )?,
-            values,
-        })
+        let (files, values) = per_value_dir(Self::KIND, ".svg", config)?;
+        Ok(FlamegraphDirExporter { files, values })
     }
 
     /// Writes `profile` and returns the files written (one per configured value).
